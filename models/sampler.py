@@ -1,0 +1,164 @@
+"""Chunked causal flow-matching sampler: prefill the sinks, then per chunk N Euler steps and one clean pass.
+
+Rectified flow: x_t = (1 - t)·x_0 + t·ε, the model predicts the velocity ε - x_0, and sampling integrates
+from t = 1 (noise) to t = 0 (clean). Classifier-free guidance runs the negative branch — the reference
+voice replaced by a white-noise clip — as extra rows of the same batch, each branch with its own cache rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sonate.models.audio import white_noise
+from sonate.models.cache import ChunkAttention, KVCache, PrefixAttention
+from sonate.models.conditioning import Conditioning
+from sonate.models.config import SonateConfig
+from sonate.models.transformer import ChunkPhonemes, SonateModel
+
+
+def flow_timesteps(steps: int, shift: float = 1.0) -> Tensor:
+    """Flow times from 1 to 0 for `steps` Euler steps: [steps + 1]; `shift` > 1 spends more steps near noise."""
+    t = torch.linspace(1.0, 0.0, steps + 1)
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def chunk_noise(cfg: SonateConfig, seeds: list[int], chunk: int) -> tuple[Tensor, Tensor]:
+    """The starting noise of chunk `chunk` for each sequence seed: audio [B, Fa, Ca] and video [B, Fv, C, h, w].
+
+    A function of (seed, chunk) only, so a chunk regenerated after a rollback starts from the same noise.
+    """
+    audio, video = [], []
+    for seed in seeds:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + chunk)
+        audio.append(torch.randn(cfg.chunk_audio_latents, cfg.audio_latent_dim, generator=generator))
+        video.append(
+            torch.randn(
+                cfg.chunk_video_latents,
+                cfg.video_latent_channels,
+                cfg.video_latent_height,
+                cfg.video_latent_width,
+                generator=generator,
+            )
+        )
+    return torch.stack(audio), torch.stack(video)
+
+
+def negative_conditioning(cfg: SonateConfig, cond: Conditioning, seeds: list[int]) -> Conditioning:
+    """The CFG negative: the same instruction and avatar, the reference voice replaced by seeded white noise."""
+    samples = cond.voice.shape[-1]
+    noise = torch.stack([white_noise(samples, cfg.negative_noise_std, seed) for seed in seeds])
+    return Conditioning(cond.instruction_ids, noise.to(cond.voice), cond.avatar)
+
+
+@dataclass
+class Guidance:
+    """Classifier-free guidance scales per modality; 1 means no guidance for it."""
+
+    audio: float = 1.0
+    video: float = 1.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.audio != 1.0 or self.video != 1.0
+
+
+class ChunkStream:
+    """Generates consecutive chunks for a batch of sequences that share one KV cache.
+
+    Rows of the cache are [conditional sequences | negative sequences] when guidance is on.
+    """
+
+    def __init__(
+        self,
+        model: SonateModel,
+        cond: Conditioning,
+        seeds: list[int],
+        guidance: Guidance,
+        steps: int | None = None,
+        shift: float | None = None,
+    ) -> None:
+        cfg = model.cfg
+        self.model = model
+        self.cfg = cfg
+        self.seeds = seeds
+        self.guidance = guidance
+        self.schedule = flow_timesteps(steps or cfg.steps, cfg.shift if shift is None else shift)
+        self.branches = 2 if guidance.enabled else 1
+        param = next(model.parameters())
+        self.cache = KVCache(cfg, len(seeds) * self.branches, param.device, param.dtype)
+        if guidance.enabled:
+            cond = Conditioning.cat([cond, negative_conditioning(cfg, cond, seeds)])
+        self.timbre = self.prefill(cond)
+
+    @property
+    def next_chunk(self) -> int:
+        """Index of the chunk `generate` makes next."""
+        return int(self.cache.next_chunk[0])
+
+    @torch.no_grad()
+    def prefill(self, cond: Conditioning) -> Tensor:
+        """Compute the prefix K/V (the sinks) once; returns the timbre vectors [rows, dim]."""
+        prefix = self.model.conditioning(cond)
+        self.model.prefix_tokens(prefix, PrefixAttention(self.cache))
+        self.cache.reset()
+        return prefix.timbre
+
+    def velocity(
+        self, audio: Tensor, video: Tensor, t: float | Tensor, phonemes: ChunkPhonemes
+    ) -> tuple[Tensor, Tensor]:
+        """Raw velocities of every cache row (no guidance) for the current chunk at flow time t (one, or [rows])."""
+        model = self.model
+        rows = self.cache.batch
+        t_rows = torch.as_tensor(t, dtype=torch.float32, device=audio.device).reshape(-1, 1).expand(rows, 1)
+        x_a, x_v = model.embed_chunks(audio, video, phonemes)
+        mod_a, mod_v = model.modulation(t_rows, self.timbre)
+        x_a, x_v = model.run_blocks(x_a, x_v, mod_a, mod_v, ChunkAttention(self.cache, write=False))
+        return model.heads(x_a, x_v, mod_a, mod_v)
+
+    def guided_velocity(self, audio: Tensor, video: Tensor, t: float, phonemes: ChunkPhonemes) -> tuple[Tensor, Tensor]:
+        """The guided velocity of each sequence: audio [B, Fa, Ca], video [B, Fv, C, h, w]."""
+        if self.branches == 1:
+            return self.velocity(audio, video, t, phonemes)
+        v_a, v_v = self.velocity(audio.repeat(2, 1, 1), video.repeat(2, 1, 1, 1, 1), t, phonemes.repeat(2))
+        (cond_a, neg_a), (cond_v, neg_v) = v_a.chunk(2), v_v.chunk(2)
+        return neg_a + self.guidance.audio * (cond_a - neg_a), neg_v + self.guidance.video * (cond_v - neg_v)
+
+    @torch.no_grad()
+    def feed(self, audio: Tensor, video: Tensor, phonemes: ChunkPhonemes) -> None:
+        """Append a given clean chunk to the context without generating it (a replayed or known chunk)."""
+        self.cache.begin_chunk()
+        self.commit(audio, video, phonemes)
+
+    @torch.no_grad()
+    def commit(self, audio: Tensor, video: Tensor, phonemes: ChunkPhonemes) -> None:
+        """The clean pass, after `cache.begin_chunk`: write the chunk's K/V at t = 0 into every branch and advance."""
+        model = self.model
+        rows = self.cache.batch
+        audio, video = audio.repeat(self.branches, 1, 1), video.repeat(self.branches, 1, 1, 1, 1)
+        x_a, x_v = model.embed_chunks(audio, video, phonemes.repeat(self.branches))
+        mod_a, mod_v = model.modulation(torch.zeros(rows, 1, device=audio.device), self.timbre)
+        model.run_blocks(x_a, x_v, mod_a, mod_v, ChunkAttention(self.cache, write=True))
+        self.cache.end_chunk()
+
+    @torch.no_grad()
+    def generate(self, phonemes: ChunkPhonemes) -> tuple[Tensor, Tensor]:
+        """Make the next chunk: clean audio latents [B, Fa, Ca] and video latents [B, Fv, C, h, w]."""
+        param = next(self.model.parameters())
+        # 1. start from the chunk's seeded noise
+        audio, video = (x.to(param) for x in chunk_noise(self.cfg, self.seeds, self.next_chunk))
+        # 2. gather the sinks and the window once; every step of this chunk reads them
+        self.cache.begin_chunk()
+        # 3. Euler steps of the guided velocity from t = 1 to t = 0
+        for t, t_next in zip(self.schedule[:-1].tolist(), self.schedule[1:].tolist(), strict=True):
+            v_a, v_v = self.guided_velocity(audio, video, t, phonemes)
+            audio, video = audio + (t_next - t) * v_a, video + (t_next - t) * v_v
+        # 4. the clean pass writes the chunk into the cache and advances the position
+        self.commit(audio, video, phonemes)
+        return audio, video
+
+    def rollback(self, chunk: int) -> None:
+        """Forget the chunks from `chunk` on; the next `generate` makes chunk `chunk` again."""
+        self.cache.rollback(chunk)

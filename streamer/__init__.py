@@ -1,0 +1,1 @@
+"""The engine, the server, the CLI and the benchmarks."""

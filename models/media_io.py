@@ -20,7 +20,7 @@ from sonate.models.errors import SonateInputError
 
 MediaSource = str | Path | bytes | bytearray | memoryview | BinaryIO
 
-__all__ = ["MediaSource", "load_audio", "load_image"]
+__all__ = ["MediaSource", "load_audio", "load_image", "resample"]
 
 
 def _describe(source: MediaSource) -> str:
@@ -142,3 +142,14 @@ def load_image(source: MediaSource, size: int) -> np.ndarray:
         width=size, height=size, format="rgb24", interpolation="BICUBIC"
     )
     return resized.to_ndarray()
+
+
+def resample(wave: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Resample mono float32 ``wave`` [samples] from ``from_rate`` to ``to_rate`` Hz with libswresample."""
+    if from_rate == to_rate:
+        return wave.astype(np.float32, copy=False)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave, dtype=np.float32)[None], format="flt", layout="mono")
+    frame.sample_rate = from_rate
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=to_rate)
+    frames = resampler.resample(frame) + resampler.resample(None)
+    return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.float32, copy=False)

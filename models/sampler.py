@@ -8,7 +8,9 @@ voice replaced by a white-noise clip — as extra rows of the same batch, each b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -17,6 +19,9 @@ from sonate.models.cache import ChunkAttention, KVCache, PrefixAttention
 from sonate.models.conditioning import Conditioning
 from sonate.models.config import SonateConfig
 from sonate.models.transformer import ChunkPhonemes, SonateModel
+
+if TYPE_CHECKING:
+    from sonate.models.frontend import PhonemeTimeline
 
 
 def flow_timesteps(steps: int, shift: float = 1.0) -> Tensor:
@@ -44,6 +49,23 @@ def chunk_noise(cfg: SonateConfig, seeds: list[int], chunk: int) -> tuple[Tensor
             )
         )
     return torch.stack(audio), torch.stack(video)
+
+
+def chunk_phonemes(cfg: SonateConfig, timelines: list[PhonemeTimeline], first_chunk: int, chunks: int) -> ChunkPhonemes:
+    """Phoneme and speaker ids at the centre time of every token of chunks [first_chunk, first_chunk + chunks)."""
+    audio_index = np.arange(first_chunk * cfg.chunk_audio_latents, (first_chunk + chunks) * cfg.chunk_audio_latents)
+    video_index = np.arange(first_chunk * cfg.chunk_video_latents, (first_chunk + chunks) * cfg.chunk_video_latents)
+    audio_times = (audio_index + 0.5) * cfg.audio_hop / cfg.sample_rate
+    video_times = (video_index + 0.5) * cfg.video_frames_per_latent / cfg.video_fps
+    audio = [timeline.sample(audio_times) for timeline in timelines]
+    video = [timeline.sample(video_times) for timeline in timelines]
+    return ChunkPhonemes(
+        *(
+            torch.as_tensor(np.stack([ids[i] for ids in samples]), dtype=torch.int64)
+            for samples in (audio, video)
+            for i in (0, 1)
+        )
+    )
 
 
 def negative_conditioning(cfg: SonateConfig, cond: Conditioning, seeds: list[int]) -> Conditioning:
@@ -122,7 +144,8 @@ class ChunkStream:
         """The guided velocity of each sequence: audio [B, Fa, Ca], video [B, Fv, C, h, w]."""
         if self.branches == 1:
             return self.velocity(audio, video, t, phonemes)
-        v_a, v_v = self.velocity(audio.repeat(2, 1, 1), video.repeat(2, 1, 1, 1, 1), t, phonemes.repeat(2))
+        t_rows = torch.as_tensor(t, dtype=torch.float32).reshape(-1).expand(len(self.seeds)).repeat(2)
+        v_a, v_v = self.velocity(audio.repeat(2, 1, 1), video.repeat(2, 1, 1, 1, 1), t_rows, phonemes.repeat(2))
         (cond_a, neg_a), (cond_v, neg_v) = v_a.chunk(2), v_v.chunk(2)
         return neg_a + self.guidance.audio * (cond_a - neg_a), neg_v + self.guidance.video * (cond_v - neg_v)
 

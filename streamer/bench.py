@@ -1,0 +1,293 @@
+"""The model benchmark: chunk latency, real-time factor, and what the KV cache saves over recomputation.
+
+`bench_model` streams media through `ChunkStream.generate` in-process for one sequence (random seeded
+weights and inputs: speed does not depend on their values) and times every chunk. It then times the last
+chunk again two ways, alternating, and compares their medians:
+
+- cached: roll the stream back one chunk and `generate` it again (N Euler steps against the cache, then the
+  clean pass that writes the cache);
+- uncached: at every Euler step, recompute the prefix (`model.conditioning`) and run the one-pass
+  `teacher_forward` over [prefix | the W clean chunks before it | the chunk], both CFG branches when guidance
+  is on. This is what streaming servers that re-run the flow decoder over everything so far (CosyVoice-style)
+  pay per chunk. It has no clean pass: without a cache there is nothing to write.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sonate import kernels
+from sonate.models.conditioning import INSTRUCTION_PAD, Conditioning
+from sonate.models.config import PRESETS, SonateConfig
+from sonate.models.errors import SonateInputError
+from sonate.models.sampler import ChunkStream, Guidance, chunk_noise, negative_conditioning
+from sonate.models.teacher import teacher_forward
+from sonate.models.transformer import ChunkPhonemes, SonateModel
+
+SEED = 0
+VOICE_SECONDS = 3.0  # length of the random reference voice clip
+SPEEDUP_REPEATS = 5  # timings of the last chunk per path (cached, uncached); the medians are compared
+
+T = TypeVar("T")
+
+
+def bench_model(
+    cfg: SonateConfig,
+    seconds: float,
+    steps: int,
+    guidance: Guidance,
+    warmup_chunks: int = 2,
+    threads: int | None = None,
+    model: SonateModel | None = None,
+) -> dict:
+    """Stream `seconds` of media for batch 1 and return the figures as a JSON-able dict.
+
+    `warmup_chunks` untimed chunks come first, then ceil(seconds / chunk_seconds) timed chunks. `threads` sets
+    `torch.set_num_threads` for the run (restored afterwards). `model` defaults to a randomly initialised
+    `SonateModel(cfg)` on the CPU in `cfg.dtype`; when given, its own config, device and dtype are used
+    and `cfg` is ignored. Times are wall-clock (`time.perf_counter`), in ms per chunk; `rtf` is compute
+    seconds per media second.
+    """
+    if model is not None:
+        cfg = model.cfg
+    _check_arguments(cfg, seconds, steps, warmup_chunks)
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            return _bench(cfg, seconds, steps, guidance, warmup_chunks, model or random_model(cfg))
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _check_arguments(cfg: SonateConfig, seconds: float, steps: int, warmup_chunks: int) -> None:
+    if seconds <= 0:
+        raise SonateInputError(f"bench seconds must be positive (got {seconds})")
+    if steps < 1:
+        raise SonateInputError(f"bench steps must be at least 1 (got {steps})")
+    if warmup_chunks < 0:
+        raise SonateInputError(f"warm-up chunks cannot be negative (got {warmup_chunks})")
+    if cfg.max_rollback_chunks < 1:
+        raise SonateInputError("the cache speedup re-times the last chunk by rolling back: max_rollback_chunks ≥ 1")
+
+
+def _bench(
+    cfg: SonateConfig, seconds: float, steps: int, guidance: Guidance, warmup_chunks: int, model: SonateModel
+) -> dict:
+    param = next(model.parameters())
+    timed_chunks = math.ceil(seconds / cfg.chunk_seconds - 1e-9)
+    total_chunks = warmup_chunks + timed_chunks
+    cond = random_conditioning(cfg, param.device, param.dtype)
+    phonemes = random_phonemes(cfg, total_chunks, param.device)
+    stream = ChunkStream(model, cond, [SEED], guidance, steps=steps)
+
+    # 1. stream every chunk, keeping the last W + 1 outputs: the last chunk and its clean context
+    outputs: deque[tuple[Tensor, Tensor]] = deque(maxlen=cfg.window_chunks + 1)
+    chunk_ms = []
+    for chunk in range(total_chunks):
+        out, ms = _timed(lambda c=chunk: stream.generate(phonemes.select(c, 1, cfg)), param.device)
+        outputs.append(out)
+        if chunk >= warmup_chunks:
+            chunk_ms.append(ms)
+
+    # 2. the last chunk again, cached and uncached, alternating so drift hits both alike
+    context = list(outputs)[:-1]
+    speedup = _cache_speedup(model, stream, cond, guidance, context, phonemes, total_chunks - 1)
+
+    compute_seconds = sum(chunk_ms) / 1000
+    media_seconds = timed_chunks * cfg.chunk_seconds
+    return {
+        "preset": preset_name(cfg),
+        "config": cfg.to_dict(),
+        "chunks": timed_chunks,
+        "warmup_chunks": warmup_chunks,
+        "chunk_seconds": cfg.chunk_seconds,
+        "media_seconds": media_seconds,
+        "tokens_per_chunk": cfg.chunk_tokens,
+        "prefix_tokens": cfg.prefix_tokens,
+        "window_chunks": cfg.window_chunks,
+        "steps": steps,
+        "cfg": {"enabled": guidance.enabled, "audio": guidance.audio, "video": guidance.video},
+        "chunk_ms": chunk_ms,
+        "chunk_ms_p50": float(np.percentile(chunk_ms, 50)),
+        "chunk_ms_p95": float(np.percentile(chunk_ms, 95)),
+        "chunk_ms_max": max(chunk_ms),
+        "compute_seconds": compute_seconds,
+        "rtf": compute_seconds / media_seconds,
+        **speedup,
+        "params": sum(p.numel() for p in model.parameters()),
+        "device": str(param.device),
+        "dtype": str(param.dtype).removeprefix("torch."),
+        "kernels_backend": kernels.backend(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _cache_speedup(
+    model: SonateModel,
+    stream: ChunkStream,
+    cond: Conditioning,
+    guidance: Guidance,
+    context: list[tuple[Tensor, Tensor]],
+    phonemes: ChunkPhonemes,
+    last: int,
+) -> dict:
+    """Median ms of the last chunk made with the cache and without it, and their ratio."""
+    cfg, device = model.cfg, next(model.parameters()).device
+    rows_cond = Conditioning.cat([cond, negative_conditioning(cfg, cond, stream.seeds)]) if guidance.enabled else cond
+    noise = tuple(x.to(device, next(model.parameters()).dtype) for x in chunk_noise(cfg, stream.seeds, last))
+    window = len(context)
+    clean = tuple(torch.cat([x[:, :0], *(out[i] for out in context)], dim=1) for i, x in enumerate(noise))
+    clean_phonemes = phonemes.select(last - window, window, cfg)
+    chunk_phonemes = phonemes.select(last, 1, cfg)
+
+    def cached() -> object:
+        stream.rollback(last)
+        return stream.generate(chunk_phonemes)
+
+    def uncached() -> object:
+        return recompute_chunk(
+            model, rows_cond, guidance, stream.schedule, (clean, clean_phonemes), (noise, chunk_phonemes)
+        )
+
+    uncached()  # warm-up: the long sequence's first run allocates
+    cached_ms, uncached_ms = [], []
+    for _ in range(SPEEDUP_REPEATS):
+        cached_ms.append(_timed(cached, device)[1])
+        uncached_ms.append(_timed(uncached, device)[1])
+    cached_median, uncached_median = float(np.median(cached_ms)), float(np.median(uncached_ms))
+    return {
+        "cache_speedup": uncached_median / cached_median,
+        "cached_chunk_ms": cached_median,
+        "uncached_chunk_ms": uncached_median,
+        "speedup_context_chunks": window,
+        "speedup_repeats": SPEEDUP_REPEATS,
+    }
+
+
+def recompute_chunk(
+    model: SonateModel,
+    cond: Conditioning,
+    guidance: Guidance,
+    schedule: Tensor,
+    clean: tuple[tuple[Tensor, Tensor], ChunkPhonemes],
+    chunk: tuple[tuple[Tensor, Tensor], ChunkPhonemes],
+) -> tuple[Tensor, Tensor]:
+    """Make one chunk without a cache: each Euler step re-encodes the prefix and re-runs the one-pass forward.
+
+    cond: the conditioning of every row ([conditional | negative] when guidance is on); clean: the latents
+    (audio [1, K·Fa, Ca], video [1, K·Fv, C, h, w]) and phonemes of the K chunks before it; chunk: its
+    starting noise (audio [1, Fa, Ca], video [1, Fv, C, h, w]) and phonemes. Returns the clean latents.
+    """
+    rows = cond.instruction_ids.shape[0]
+    (clean_latents, clean_phonemes), ((audio, video), phonemes) = clean, chunk
+    window = clean_latents[0].shape[1] // model.cfg.chunk_audio_latents
+    clean_rows = tuple(_repeat_rows(x, rows) for x in clean_latents)
+    clean_phonemes, phonemes = clean_phonemes.repeat(rows), phonemes.repeat(rows)
+    for t, t_next in zip(schedule[:-1].tolist(), schedule[1:].tolist(), strict=True):
+        prefix = model.conditioning(cond)
+        noisy = (_repeat_rows(audio, rows), _repeat_rows(video, rows))
+        noisy_t = torch.full((rows, 1), t, device=audio.device)
+        v_a, v_v = teacher_forward(model, prefix, clean_rows, clean_phonemes, noisy, phonemes, noisy_t, [window])
+        if rows == 2:
+            (cond_a, neg_a), (cond_v, neg_v) = v_a.chunk(2), v_v.chunk(2)
+            v_a, v_v = neg_a + guidance.audio * (cond_a - neg_a), neg_v + guidance.video * (cond_v - neg_v)
+        audio, video = audio + (t_next - t) * v_a, video + (t_next - t) * v_v
+    return audio, video
+
+
+def _repeat_rows(x: Tensor, rows: int) -> Tensor:
+    return x.repeat(rows, *([1] * (x.dim() - 1)))
+
+
+def _timed(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
+    """fn's result and its wall time in ms, waiting for the device to finish."""
+    _synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    _synchronize(device)
+    return out, (time.perf_counter() - start) * 1000
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def random_model(cfg: SonateConfig, seed: int = SEED) -> SonateModel:
+    """A seeded, randomly initialised model on the CPU in `cfg.dtype`, without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SonateModel(cfg)
+    return model.to(getattr(torch, cfg.dtype)).eval()
+
+
+def random_conditioning(cfg: SonateConfig, device: torch.device, dtype: torch.dtype) -> Conditioning:
+    """Seeded random instruction bytes, a white-noise reference voice and a random avatar image, batch 1."""
+    generator = torch.Generator().manual_seed(SEED)
+    ids = torch.randint(0, INSTRUCTION_PAD + 1, (1, cfg.instruction_tokens), generator=generator)
+    voice = 0.1 * torch.randn(1, int(VOICE_SECONDS * cfg.sample_rate), generator=generator)
+    size = cfg.identity_image_size
+    avatar = torch.rand(1, 3, size, size, generator=generator)
+    return Conditioning(ids.to(device), voice.to(device, dtype), avatar.to(device, dtype))
+
+
+def random_phonemes(cfg: SonateConfig, chunks: int, device: torch.device) -> ChunkPhonemes:
+    """Seeded random phoneme and speaker ids for `chunks` whole chunks, batch 1."""
+    generator = torch.Generator().manual_seed(SEED + 1)
+
+    def ids(high: int, per_chunk: int) -> Tensor:
+        return torch.randint(0, high, (1, chunks * per_chunk), generator=generator).to(device)
+
+    audio, video = cfg.chunk_audio_latents, cfg.chunk_video_latents
+    return ChunkPhonemes(
+        ids(cfg.phoneme_vocab, audio), ids(cfg.max_speakers, audio), ids(cfg.phoneme_vocab, video),
+        ids(cfg.max_speakers, video),
+    )  # fmt: skip
+
+
+def preset_name(cfg: SonateConfig) -> str:
+    """The preset `cfg` equals, or `custom`."""
+    values = cfg.to_dict()
+    return next((name for name in PRESETS if SonateConfig.preset(name).to_dict() == values), "custom")
+
+
+def print_model_report(result: dict) -> None:
+    """Print the figures of `bench_model` as a readable table."""
+    guidance = result["cfg"]
+    cfg_text = f"audio {guidance['audio']:g} / video {guidance['video']:g}" if guidance["enabled"] else "off"
+    target = (result["window_chunks"] + 1) / 2
+    rows = [
+        ("preset", f"{result['preset']}  ({result['params'] / 1e6:.2f} M params)"),
+        ("device", f"{result['device']} {result['dtype']}, {result['torch_threads']} threads, "
+                   f"kernels {result['kernels_backend']}, torch {result['torch_version']}"),
+        ("chunk", f"{result['chunk_seconds'] * 1000:.0f} ms of media, {result['tokens_per_chunk']} tokens, "
+                  f"window {result['window_chunks']} chunks + {result['prefix_tokens']} sink tokens"),
+        ("sampling", f"{result['steps']} Euler steps + 1 clean pass, CFG {cfg_text}"),
+        ("chunks timed", f"{result['chunks']} ({result['media_seconds']:.2f} s of media) "
+                         f"after {result['warmup_chunks']} warm-up"),
+        ("chunk ms", f"p50 {result['chunk_ms_p50']:.1f}   p95 {result['chunk_ms_p95']:.1f}   "
+                     f"max {result['chunk_ms_max']:.1f}"),
+        ("rtf", f"{result['rtf']:.3f}  (compute s per media s; below 1 is real time)"),
+        ("cache speedup", f"{result['cache_speedup']:.2f}×  (last chunk: {result['uncached_chunk_ms']:.1f} ms "
+                          f"recomputing {result['speedup_context_chunks']} chunks of context, "
+                          f"{result['cached_chunk_ms']:.1f} ms cached; (W+1)/2 = {target:g})"),
+    ]  # fmt: skip
+    width = max(len(name) for name, _ in rows)
+    print(f"sonate model bench — {result['timestamp']}")
+    for name, text in rows:
+        print(f"  {name:<{width}}  {text}")

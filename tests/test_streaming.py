@@ -1,0 +1,246 @@
+"""The central invariant: chunked streaming with the KV cache equals the teacher-forcing one-pass forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sonate.models.conditioning import Conditioning
+from sonate.models.config import SonateConfig
+from sonate.models.positions import chunk_rope_tables
+from sonate.models.sampler import ChunkStream, Guidance, negative_conditioning
+from sonate.models.teacher import CLEAN, NOISY, PREFIX, teacher_forward, token_layout
+from sonate.models.transformer import ChunkPhonemes, SonateModel
+from tests.conftest import random_conditioning, random_latents, random_phonemes, small_config
+
+TOLERANCE = 1e-4  # fp32, max abs difference of velocities
+
+
+def chunk_slice(cfg: SonateConfig, latents: tuple[torch.Tensor, torch.Tensor], k: int):
+    """Chunk k of (audio, video) latents."""
+    fa, fv = cfg.chunk_audio_latents, cfg.chunk_video_latents
+    return latents[0][:, k * fa : (k + 1) * fa], latents[1][:, k * fv : (k + 1) * fv]
+
+
+def teacher_rows(model: SonateModel, cond: Conditioning, clean, noisy, phonemes: ChunkPhonemes, t: torch.Tensor):
+    """One-pass velocities for every noisy chunk of the rows of `cond`."""
+    with torch.no_grad():
+        return teacher_forward(model, model.conditioning(cond), clean, phonemes, noisy, phonemes, t)
+
+
+@pytest.mark.parametrize("guided", [False, True], ids=["cfg-off", "cfg-on"])
+@pytest.mark.parametrize("window", [2, 8], ids=["ring-rolls", "window-holds-all"])
+def test_streaming_equals_one_pass(guided: bool, window: int) -> None:
+    cfg = small_config(window_chunks=window)
+    torch.manual_seed(0)
+    model = SonateModel(cfg).eval()
+    batch, chunks, seeds = 2, 5, [3, 4]
+    cond = random_conditioning(cfg, batch)
+    phonemes = random_phonemes(cfg, batch, chunks)
+    clean, noisy = random_latents(cfg, batch, chunks, seed=1), random_latents(cfg, batch, chunks, seed=2)
+    t = torch.rand(batch, chunks, generator=torch.Generator().manual_seed(5))
+    guidance = Guidance(2.0, 1.5) if guided else Guidance()
+    stream = ChunkStream(model, cond, seeds, guidance)
+    rows_cond = Conditioning.cat([cond, negative_conditioning(cfg, cond, seeds)]) if guided else cond
+    branches = 2 if guided else 1
+    expected = teacher_rows(
+        model,
+        rows_cond,
+        tuple(x.repeat(branches, *[1] * (x.dim() - 1)) for x in clean),
+        tuple(x.repeat(branches, *[1] * (x.dim() - 1)) for x in noisy),
+        phonemes.repeat(branches),
+        t.repeat(branches, 1),
+    )
+    with torch.no_grad():
+        for k in range(chunks):
+            stream.cache.begin_chunk()
+            a, v = chunk_slice(cfg, noisy, k)
+            a, v = a.repeat(branches, 1, 1), v.repeat(branches, 1, 1, 1, 1)
+            ph = phonemes.select(k, 1, cfg).repeat(branches)
+            got = stream.velocity(a, v, t[:, k].repeat(branches), ph)
+            want = chunk_slice(cfg, expected, k)
+            for g, w in zip(got, want, strict=True):
+                assert (g - w).abs().max() <= TOLERANCE
+                assert w.abs().mean() > 100 * TOLERANCE  # the velocities are not trivially small
+            if guided:
+                ga, gv = stream.guided_velocity(*chunk_slice(cfg, noisy, k), t[:, k], phonemes.select(k, 1, cfg))
+                (ca, na), (cv, nv) = want[0].chunk(2), want[1].chunk(2)
+                assert (ga - (na + 2.0 * (ca - na))).abs().max() <= TOLERANCE
+                assert (gv - (nv + 1.5 * (cv - nv))).abs().max() <= TOLERANCE
+            stream.commit(*chunk_slice(cfg, clean, k), phonemes.select(k, 1, cfg))
+
+
+def test_velocity_depends_on_the_context_it_should(model: SonateModel, cfg: SonateConfig) -> None:
+    """Negative control: a changed clean chunk inside the window changes the next velocity; one outside does not."""
+    batch, chunks = 1, 4
+    cond = random_conditioning(cfg, batch)
+    phonemes = random_phonemes(cfg, batch, chunks)
+    clean, noisy = random_latents(cfg, batch, chunks, seed=1), random_latents(cfg, batch, chunks, seed=2)
+    t = torch.full((batch, chunks), 0.5)
+    base = teacher_rows(model, cond, clean, noisy, phonemes, t)
+    replacement = random_latents(cfg, batch, chunks, seed=9)
+    fa, fv = cfg.chunk_audio_latents, cfg.chunk_video_latents
+    for changed, visible in ((2, True), (1, True), (0, False)):  # window 2: chunk 3 sees chunks 1 and 2
+        audio, video = clean[0].clone(), clean[1].clone()
+        audio[:, changed * fa : (changed + 1) * fa] = replacement[0][:, changed * fa : (changed + 1) * fa]
+        video[:, changed * fv : (changed + 1) * fv] = replacement[1][:, changed * fv : (changed + 1) * fv]
+        other = teacher_rows(model, cond, (audio, video), noisy, phonemes, t)
+        difference = max((o - b).abs().max() for o, b in zip(chunk_slice(cfg, other, 3), chunk_slice(cfg, base, 3)))
+        assert (difference > 100 * TOLERANCE) == visible
+
+
+def test_block_causal_mask_structure(cfg: SonateConfig) -> None:
+    layout = token_layout(cfg, clean_chunks=4, noisy_chunks=[0, 1, 2, 3])
+    mask = layout.mask(window=2)
+
+    def sees(q_kind: int, q_chunk: int, k_kind: int, k_chunk: int) -> bool:
+        q = ((layout.kind == q_kind) & (layout.chunk == q_chunk)).nonzero()[0, 0]
+        k = ((layout.kind == k_kind) & (layout.chunk == k_chunk)).nonzero()[0, 0]
+        return bool(mask[q, k])
+
+    assert sees(NOISY, 3, PREFIX, -1) and sees(CLEAN, 0, PREFIX, -1)
+    assert not sees(PREFIX, -1, CLEAN, 0) and not sees(PREFIX, -1, NOISY, 0)
+    assert sees(NOISY, 3, CLEAN, 2) and sees(NOISY, 3, CLEAN, 1) and not sees(NOISY, 3, CLEAN, 0)
+    assert not sees(NOISY, 3, CLEAN, 3) and sees(NOISY, 3, NOISY, 3) and not sees(NOISY, 3, NOISY, 2)
+    assert sees(CLEAN, 3, CLEAN, 3) and sees(CLEAN, 3, CLEAN, 1) and not sees(CLEAN, 3, CLEAN, 0)
+    assert not sees(CLEAN, 1, CLEAN, 2) and not sees(CLEAN, 2, NOISY, 2)
+
+
+class ListReference:
+    """A cache that keeps every chunk's K/V in a list and assembles the visible set explicitly each time,
+    rotating keys at absolute positions (chunk j at time j) — the ring's opposite in every choice."""
+
+    def __init__(self, cfg: SonateConfig) -> None:
+        self.cfg = cfg
+        self.sinks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.chunks: list[dict[int, tuple[torch.Tensor, torch.Tensor]]] = []
+
+    def rotate(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
+        cos, sin = chunk_rope_tables(self.cfg, torch.tensor([chunk]))
+        cos, sin = cos[0], sin[0]
+        r = cos.shape[-1]
+        even, odd = x[..., 0 : 2 * r : 2], x[..., 1 : 2 * r : 2]
+        rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+        return torch.cat((rotated, x[..., 2 * r :]), dim=-1)
+
+    def prefix(self):
+        reference = self
+
+        class Prefix:
+            def attend(self, layer, q, k, v):
+                k = k.clone()
+                k[..., : sum(reference.cfg.rope_sections)] = 0
+                reference.sinks[layer] = (k, v)
+                return F.scaled_dot_product_attention(q, k, v)
+
+        return Prefix()
+
+    def chunk(self, index: int, write: bool):
+        reference = self
+        if write:
+            self.chunks.append({})
+
+        class Chunk:
+            def attend(self, layer, q, k, v):
+                visible = range(max(0, index - reference.cfg.window_chunks), index)
+                keys = [reference.sinks[layer][0], reference.rotate(k, index)]
+                values = [reference.sinks[layer][1], v]
+                for j in visible:
+                    keys.append(reference.rotate(reference.chunks[j][layer][0], j))
+                    values.append(reference.chunks[j][layer][1])
+                if write:
+                    reference.chunks[index][layer] = (k, v)
+                q = reference.rotate(q, index)
+                return F.scaled_dot_product_attention(q, torch.cat(keys, dim=2), torch.cat(values, dim=2))
+
+        return Chunk()
+
+
+def test_ring_equals_list_reference() -> None:
+    cfg = small_config(window_chunks=3, max_rollback_chunks=1)
+    torch.manual_seed(1)
+    model = SonateModel(cfg).eval()
+    batch, chunks = 2, 3 * cfg.window_chunks
+    cond = random_conditioning(cfg, batch)
+    phonemes = random_phonemes(cfg, batch, chunks)
+    clean, noisy = random_latents(cfg, batch, chunks, seed=1), random_latents(cfg, batch, chunks, seed=2)
+    stream = ChunkStream(model, cond, [0, 1], Guidance())
+    reference = ListReference(cfg)
+    with torch.no_grad():
+        prefix = model.conditioning(cond)
+        model.prefix_tokens(prefix, reference.prefix())
+        for k in range(chunks):
+            ph = phonemes.select(k, 1, cfg)
+            stream.cache.begin_chunk()
+            got = stream.velocity(*chunk_slice(cfg, noisy, k), 0.7, ph)
+            x_a, x_v = model.embed_chunks(*chunk_slice(cfg, noisy, k), ph)
+            mod_a, mod_v = model.modulation(torch.full((batch, 1), 0.7), prefix.timbre)
+            x_a, x_v = model.run_blocks(x_a, x_v, mod_a, mod_v, reference.chunk(k, write=False))
+            want = model.heads(x_a, x_v, mod_a, mod_v)
+            for g, w in zip(got, want, strict=True):
+                assert (g - w).abs().max() <= TOLERANCE
+            stream.commit(*chunk_slice(cfg, clean, k), ph)
+            x_a, x_v = model.embed_chunks(*chunk_slice(cfg, clean, k), ph)
+            mod_a, mod_v = model.modulation(torch.zeros(batch, 1), prefix.timbre)
+            model.run_blocks(x_a, x_v, mod_a, mod_v, reference.chunk(k, write=True))
+
+
+def test_rollback_regenerates_identically(model: SonateModel, cfg: SonateConfig) -> None:
+    cond = random_conditioning(cfg, 1)
+    phonemes = random_phonemes(cfg, 1, 5)
+    first = ChunkStream(model, cond, [7], Guidance(2.0, 1.5))
+    for k in range(5):
+        first.generate(phonemes.select(k, 1, cfg))
+    first.rollback(3)
+    again = [first.generate(phonemes.select(k, 1, cfg)) for k in (3, 4)]
+
+    straight = ChunkStream(model, cond, [7], Guidance(2.0, 1.5))
+    outputs = [straight.generate(phonemes.select(k, 1, cfg)) for k in range(5)]
+    for (a, v), (a_ref, v_ref) in zip(again, outputs[3:], strict=True):
+        assert torch.equal(a, a_ref) and torch.equal(v, v_ref)
+
+
+def test_rollback_then_new_text_equals_a_run_that_had_it(model: SonateModel, cfg: SonateConfig) -> None:
+    """After an interruption the next text continues from the rolled-back context, as if it had come first."""
+    cond = random_conditioning(cfg, 1)
+    old, new = random_phonemes(cfg, 1, 5, seed=1), random_phonemes(cfg, 1, 5, seed=2)
+    interrupted = ChunkStream(model, cond, [7], Guidance())
+    for k in range(5):
+        interrupted.generate(old.select(k, 1, cfg))
+    interrupted.rollback(3)
+    resumed = interrupted.generate(new.select(3, 1, cfg))
+    fresh = ChunkStream(model, cond, [7], Guidance())
+    for k in range(3):
+        fresh.generate(old.select(k, 1, cfg))
+    expected = fresh.generate(new.select(3, 1, cfg))
+    assert torch.equal(resumed[0], expected[0]) and torch.equal(resumed[1], expected[1])
+    assert not torch.allclose(resumed[0], interrupted.generate(old.select(4, 1, cfg))[0])
+
+
+def test_rollback_beyond_the_ring_is_refused(model: SonateModel, cfg: SonateConfig) -> None:
+    stream = ChunkStream(model, random_conditioning(cfg, 1), [0], Guidance())
+    phonemes = random_phonemes(cfg, 1, 1)
+    for _ in range(cfg.max_rollback_chunks + 2):
+        stream.generate(phonemes)
+    with pytest.raises(ValueError, match="cannot roll back"):
+        stream.rollback(1)
+    with pytest.raises(ValueError, match="cannot roll back"):
+        stream.rollback(stream.next_chunk + 1)
+
+
+def test_cache_memory_is_bounded(model: SonateModel, cfg: SonateConfig) -> None:
+    stream = ChunkStream(model, random_conditioning(cfg, 1), [0], Guidance(2.0, 1.5))
+    phonemes = random_phonemes(cfg, 1, 1)
+    tensors = ("sink_k", "sink_v", "ring_k", "ring_v", "visible_k", "visible_v")
+
+    def snapshot() -> tuple[int, list[int]]:
+        return stream.cache.nbytes(), [getattr(stream.cache, name).data_ptr() for name in tensors]
+
+    for _ in range(cfg.window_chunks):
+        stream.generate(phonemes)
+    after_window = snapshot()
+    for _ in range(9 * cfg.window_chunks):
+        stream.generate(phonemes)
+    assert stream.next_chunk == 10 * cfg.window_chunks
+    assert snapshot() == after_window

@@ -49,7 +49,7 @@ class SonateConfig:
     voice_tokens: int = 16  # reference-voice prompt tokens (pooled log-mel)
     identity_tokens: int = 16  # reference-avatar tokens (image patches)
     identity_image_size: int = 64
-    phoneme_vocab: int = 128
+    phoneme_vocab: int = 160  # ≥ the frontend's PHONEME_VOCAB_SIZE (138), with room to grow
     max_speakers: int = 8
     # sampling
     steps: int = 4

@@ -3,17 +3,29 @@
 espeak-ng keeps global state (voice, parameters, callback), so the library is initialised once, lazily, and
 every call into it holds one module-level lock. Struct layouts and constants follow espeak-ng's
 ``src/include/espeak-ng/speak_lib.h`` (API revision 12).
+
+Reproducibility: espeak's wave generator keeps state across messages (the pitch-flutter phase, the roughness
+cycle counter, the gain control, the breath resonators, the echo buffer, a random generator), so the same text
+synthesized twice gives audio of slightly different length. Before every synthesis this module re-selects the
+voice (clears the echo), seeds espeak's generator, and resets the other statics through the library's ELF symbol
+table (the wheel's .so is not stripped). Then the same (text, voice, parameters) always give the same samples
+and phoneme times, whatever was synthesized before, which the frontend's split invariance relies on.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
+import logging
+import struct
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from sonate.models.errors import SonateInputError
+
+logger = logging.getLogger(__name__)
 
 # --- constants from speak_lib.h ----------------------------------------------------------------------------
 AUDIO_OUTPUT_SYNCHRONOUS = 2  # espeak_AUDIO_OUTPUT: like RETRIEVAL, but espeak_Synth returns when done
@@ -32,6 +44,10 @@ EE_NOT_FOUND = 2
 RATE_MIN_WPM, RATE_MAX_WPM = 80, 450  # espeakRATE_MINIMUM / espeakRATE_MAXIMUM
 BUFFER_MS = 200  # length of the sound buffers espeak hands to the callback, in ms
 PAUSE_PREFIX = "_"  # espeak's pause mnemonics all start with it: "_", "_:", "_!", ...
+RAND_SEED = 0  # espeak_ng_SetRandSeed before every synthesis
+# function-static ints in wavegen.c that survive across messages, and the value a fresh process starts with
+_STATIC_INTS = {"Flutter_ix": 0, "cycle_count": 0, "agc": 256}
+_INIT_BREATH = "InitBreath"  # wavegen.c: zeroes the breath-noise resonators
 
 
 class _EventId(ctypes.Union):
@@ -126,14 +142,25 @@ class _Espeak:
         )
         if sample_rate <= 0:
             raise RuntimeError(f"espeak_Initialize failed ({sample_rate}) with data path {data_path!r}")
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        lib.espeak_ng_SetRandSeed.restype = ctypes.c_int
         self.lib = lib
         self.sample_rate = sample_rate
-        self.voice: str | None = None
+        self._statics, self._init_breath = _wavegen_state(lib, espeakng_loader.get_library_path())
         self.chunks: list[np.ndarray] = []
         # (type, sample, text_position, length, mnemonic) per event, in emission order
         self.events: list[tuple[int, int, int, int, str]] = []
         self._callback = _SynthCallback(self._on_synth)  # keep a reference: espeak holds only the pointer
         lib.espeak_SetSynthCallback(self._callback)
+
+    def reset(self, voice: str) -> int:
+        """Bring the synthesizer to the same state before every message; returns espeak's voice status."""
+        for cell, value in self._statics:
+            cell.value = value
+        if self._init_breath is not None:
+            self._init_breath()
+        self.lib.espeak_ng_SetRandSeed(RAND_SEED)
+        return self.lib.espeak_SetVoiceByName(voice.encode("utf-8"))  # also clears the echo buffer
 
     def _on_synth(self, wav, num_samples: int, events) -> int:
         if wav and num_samples > 0:
@@ -150,15 +177,13 @@ class _Espeak:
         return 0  # continue synthesis
 
 
-_LOCK = threading.Lock()
-_ENGINE: _Espeak | None = None
+_LOCK = threading.Lock()  # espeak is one global synthesizer: every call into it holds this
 
 
+@functools.cache
 def _engine() -> _Espeak:
-    global _ENGINE
-    if _ENGINE is None:
-        _ENGINE = _Espeak()
-    return _ENGINE
+    """The process's one initialised library (created on first use, with ``_LOCK`` held)."""
+    return _Espeak()
 
 
 def sample_rate() -> int:
@@ -193,12 +218,8 @@ def synthesize(
     with _LOCK:
         engine = _engine()
         lib = engine.lib
-        if voice != engine.voice:  # loading a voice re-reads its files: only when it changes
-            err = lib.espeak_SetVoiceByName(voice.encode("utf-8"))
-            if err != EE_OK:
-                engine.voice = None
-                raise SonateInputError(f"unknown espeak voice {voice!r} (try 'en-us' or 'en-us+f3')")
-            engine.voice = voice
+        if engine.reset(voice) != EE_OK:
+            raise SonateInputError(f"unknown espeak voice {voice!r} (try 'en-us' or 'en-us+f3')")
         lib.espeak_SetParameter(espeakRATE, rate_wpm, 0)
         lib.espeak_SetParameter(espeakPITCH, pitch, 0)
         lib.espeak_SetParameter(espeakRANGE, pitch_range, 0)
@@ -231,3 +252,50 @@ def _timed_phonemes(events: list[tuple[int, int, int, int, str]], n_samples: int
         end = starts[i + 1][1] if i + 1 < len(starts) else n_samples
         phonemes.append(TimedPhoneme(name, sample / sr, max(end, sample) / sr, 0, text_start, text_end))
     return phonemes
+
+
+def _wavegen_state(lib: ctypes.CDLL, path: str) -> tuple[list[tuple[ctypes.c_int, int]], object]:
+    """Locate wavegen's persistent statics in the loaded library; empty if its symbol table is unavailable."""
+    names = [*_STATIC_INTS, _INIT_BREATH, "espeak_Synth"]
+    try:
+        symbols = _elf_symbols(path, names)
+    except (OSError, ValueError, struct.error):
+        symbols = {}
+    if any(name not in symbols for name in names):
+        logger.warning("libespeak-ng symbol table not readable: synthesis will not be exactly reproducible")
+        return [], None
+    base = ctypes.cast(lib.espeak_Synth, ctypes.c_void_p).value - symbols["espeak_Synth"]
+    statics = [(ctypes.c_int.from_address(base + symbols[name]), value) for name, value in _STATIC_INTS.items()]
+    return statics, ctypes.CFUNCTYPE(None)(base + symbols[_INIT_BREATH])
+
+
+def _elf_symbols(path: str, names: list[str]) -> dict[str, int]:
+    """Addresses (relative to the load base) of the named symbols in an ELF64 little-endian .so's .symtab.
+
+    Function-static variables carry a compiler suffix (``Flutter_ix.5965``): ``name.<digits>`` matches ``name``.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:6] != b"\x7fELF\x02\x01":
+        raise ValueError("not an ELF64 little-endian file")
+    (section_offset,) = struct.unpack_from("<Q", data, 0x28)
+    section_size, section_count = struct.unpack_from("<HH", data, 0x3A)
+    # Elf64_Shdr: name, type, flags, addr, offset, size, link, info, addralign, entsize
+    sections = [
+        struct.unpack_from("<IIQQQQIIQQ", data, section_offset + i * section_size) for i in range(section_count)
+    ]
+    wanted = set(names)
+    found: dict[str, int] = {}
+    for _, kind, _, _, offset, size, link, _, _, entry_size in sections:
+        if kind != 2 or entry_size == 0:  # SHT_SYMTAB
+            continue
+        strings = sections[link][4]
+        for j in range(size // entry_size):
+            # Elf64_Sym: name, info, other, shndx, value, size
+            name_offset, _, _, _, value, _ = struct.unpack_from("<IBBHQQ", data, offset + j * entry_size)
+            start = strings + name_offset
+            name = data[start : data.index(b"\0", start)].decode("utf-8", errors="replace")
+            base_name, _, suffix = name.partition(".")
+            if name in wanted or (base_name in wanted and suffix.isdigit()):
+                found[name if name in wanted else base_name] = value
+    return found

@@ -103,5 +103,5 @@ def generate_clip(
         samples, vocoder_state = vocoder.decode(audio_latents, vocoder_state)
         audio.append(samples[0].numpy())
         frames.append(video_decoder.decode(video_latents)[0].numpy())
-    log.info("generated %d chunks (%.2f s) for %.2f s of speech", chunks, chunks * cfg.chunk_seconds, timeline.duration_s)
+    log.info("generated %d chunks for %.2f s of speech", chunks, timeline.duration_s)
     return Clip(np.concatenate(audio), np.concatenate(frames), cfg.sample_rate, cfg.video_fps, timeline.duration_s)

@@ -33,8 +33,9 @@ def random_phonemes(cfg: SonateConfig, batch: int, chunks: int, seed: int = 0) -
     def ids(high: int, n: int) -> torch.Tensor:
         return torch.randint(0, high, (batch, n), generator=generator)
 
-    return ChunkPhonemes(ids(cfg.phoneme_vocab, fa), ids(cfg.max_speakers, fa), ids(cfg.phoneme_vocab, fv),
-                         ids(cfg.max_speakers, fv))
+    return ChunkPhonemes(
+        ids(cfg.phoneme_vocab, fa), ids(cfg.max_speakers, fa), ids(cfg.phoneme_vocab, fv), ids(cfg.max_speakers, fv)
+    )
 
 
 def random_latents(cfg: SonateConfig, batch: int, chunks: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -72,8 +72,9 @@ def test_streaming_equals_one_pass(guided: bool, window: int) -> None:
 
 
 def test_velocity_depends_on_the_context_it_should(model: SonateModel, cfg: SonateConfig) -> None:
-    """Negative control: a changed clean chunk inside the window changes the next velocity; one outside does not."""
-    batch, chunks = 1, 4
+    """Negative control: a changed clean chunk before k moves noisy chunk k's velocity far beyond the tolerance;
+    the clean copy of chunk k itself and later chunks do not move it at all (causality)."""
+    batch, chunks, query = 1, 4, 2
     cond = random_conditioning(cfg, batch)
     phonemes = random_phonemes(cfg, batch, chunks)
     clean, noisy = random_latents(cfg, batch, chunks, seed=1), random_latents(cfg, batch, chunks, seed=2)
@@ -81,13 +82,14 @@ def test_velocity_depends_on_the_context_it_should(model: SonateModel, cfg: Sona
     base = teacher_rows(model, cond, clean, noisy, phonemes, t)
     replacement = random_latents(cfg, batch, chunks, seed=9)
     fa, fv = cfg.chunk_audio_latents, cfg.chunk_video_latents
-    for changed, visible in ((2, True), (1, True), (0, False)):  # window 2: chunk 3 sees chunks 1 and 2
+    for changed, visible in ((0, True), (1, True), (2, False), (3, False)):
         audio, video = clean[0].clone(), clean[1].clone()
         audio[:, changed * fa : (changed + 1) * fa] = replacement[0][:, changed * fa : (changed + 1) * fa]
         video[:, changed * fv : (changed + 1) * fv] = replacement[1][:, changed * fv : (changed + 1) * fv]
         other = teacher_rows(model, cond, (audio, video), noisy, phonemes, t)
-        difference = max((o - b).abs().max() for o, b in zip(chunk_slice(cfg, other, 3), chunk_slice(cfg, base, 3)))
-        assert (difference > 100 * TOLERANCE) == visible
+        pairs = zip(chunk_slice(cfg, other, query), chunk_slice(cfg, base, query), strict=True)
+        difference = max((o - b).abs().max() for o, b in pairs)
+        assert difference > 100 * TOLERANCE if visible else difference == 0
 
 
 def test_block_causal_mask_structure(cfg: SonateConfig) -> None:

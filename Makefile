@@ -1,0 +1,36 @@
+# Quick start: `make demo` (set up, then generate a clip with the embedded default), `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+DEMO_TEXT := Hello! I am sonate. I speak and move as the text arrives.
+
+.PHONY: setup test lint demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip "setuptools<81" wheel
+
+# torch first, pinned: this takes the CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
+$(INSTALLED): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(INSTALLED)
+
+setup: $(INSTALLED)
+
+test: setup
+	$(BIN)/pytest -q $(PYTEST_ARGS) || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest collected no tests" >&2; exit $$rc; }
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+demo: setup
+	$(BIN)/sonate generate --text "$(DEMO_TEXT)" --out out/demo.mp4
+
+bench: setup
+	$(BIN)/sonate bench model --preset tiny --seconds 30 --json out/bench-model.json
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache

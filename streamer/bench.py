@@ -271,7 +271,7 @@ def print_model_report(result: dict) -> None:
     """Print the figures of `bench_model` as a readable table."""
     guidance = result["cfg"]
     cfg_text = f"audio {guidance['audio']:g} / video {guidance['video']:g}" if guidance["enabled"] else "off"
-    target = (result["window_chunks"] + 1) / 2
+    context = result["speedup_context_chunks"]  # W once the stream is longer than the window
     rows = [
         ("preset", f"{result['preset']}  ({result['params'] / 1e6:.2f} M params)"),
         ("device", f"{result['device']} {result['dtype']}, {result['torch_threads']} threads, "
@@ -286,8 +286,8 @@ def print_model_report(result: dict) -> None:
         ("rtf", f"{result['rtf']:.3f}  (compute s per media s; below 1 is real time; "
                 f"{result['rtf_p50']:.3f} at the p50 chunk)"),
         ("cache speedup", f"{result['cache_speedup']:.2f}×  (last chunk: {result['uncached_chunk_ms']:.1f} ms "
-                          f"recomputing {result['speedup_context_chunks']} chunks of context, "
-                          f"{result['cached_chunk_ms']:.1f} ms cached; (W+1)/2 = {target:g})"),
+                          f"recomputing {context} chunks of context, "
+                          f"{result['cached_chunk_ms']:.1f} ms cached; ({context}+1)/2 = {(context + 1) / 2:g})"),
     ]  # fmt: skip
     width = max(len(name) for name, _ in rows)
     print(f"sonate model bench — {result['timestamp']}")

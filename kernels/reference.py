@@ -15,8 +15,11 @@ def chunk_attention(q: Tensor, k: Tensor, v: Tensor, kv_lengths: Tensor | None =
     """
     mask = None
     if kv_lengths is not None:
-        key_index = torch.arange(k.shape[2], device=k.device)
-        mask = (key_index[None, :] < kv_lengths[:, None].to(k.device))[:, None, None, :]
+        longest, shortest = int(kv_lengths.max()), int(kv_lengths.min())
+        k, v = k[:, :, :longest], v[:, :, :longest]  # keys no sequence can see cost nothing
+        if shortest < longest:
+            key_index = torch.arange(longest, device=k.device)
+            mask = (key_index[None, :] < kv_lengths[:, None].to(k.device))[:, None, None, :]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
@@ -36,13 +39,11 @@ def gated_residual(x: Tensor, y: Tensor, gate: Tensor) -> Tensor:
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate the first `2 * cos.shape[-1]` channels of each head in interleaved pairs; the rest pass through.
+    """Rotate channel pairs (i, i + D/2) of each head: `x·cos + rotate_half(x)·sin`.
 
-    x: [B, H, T, D]; cos, sin: [T, R] or [B, 1, T, R] with 2R ≤ D. A token whose cos and sin are both 0
-    gets its rotated channels zeroed: that is how the position-free sink keys are made.
+    x: [..., T, D]; cos, sin: [T, D] (or broadcastable), built by `sonate.models.positions.rope_tables`.
+    Channels a table leaves at cos 1, sin 0 pass through; where both are 0 they are zeroed — that is how
+    the position-free sink keys are made.
     """
-    rotated = 2 * cos.shape[-1]
-    pairs = x[..., :rotated].unflatten(-1, (-1, 2))
-    even, odd = pairs[..., 0], pairs[..., 1]
-    out = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
-    return torch.cat((out, x[..., rotated:]), dim=-1)
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-second, first), dim=-1) * sin

@@ -52,11 +52,15 @@ def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     return model.to(device=device, dtype=getattr(torch, cfg.dtype)).eval()
 
 
-def random_model(preset: str = "tiny", seed: int = RANDOM_SEED, **overrides: object) -> SonateModel:
-    """A model of `preset` with seeded random weights (for speed work, and until a default is shipped)."""
-    torch.manual_seed(seed)
-    cfg = SonateConfig.preset(preset, **overrides)
-    return SonateModel(cfg).to(dtype=getattr(torch, cfg.dtype)).eval()
+def random_model(cfg: SonateConfig, seed: int = RANDOM_SEED) -> SonateModel:
+    """A model with seeded random weights in `cfg.dtype` (for speed work, and until a default is shipped).
+
+    The global random state is left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SonateModel(cfg)
+    return model.to(dtype=getattr(torch, cfg.dtype)).eval()
 
 
 def load_model(checkpoint: str | Path | None, device: str | torch.device = "cpu") -> tuple[SonateModel, bool]:
@@ -69,4 +73,4 @@ def load_model(checkpoint: str | Path | None, device: str | torch.device = "cpu"
     if (DEFAULT_CHECKPOINT / "config.json").is_file():
         return from_pretrained(DEFAULT_CHECKPOINT, device), False
     log.warning("no default checkpoint is shipped yet: using a seeded random tiny model")
-    return random_model().to(device), True
+    return random_model(SonateConfig.preset("tiny")).to(device), True

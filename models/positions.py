@@ -36,23 +36,31 @@ def chunk_token_positions(cfg: SonateConfig) -> Tensor:
 
 
 def rope_tables(cfg: SonateConfig, positions: Tensor) -> tuple[Tensor, Tensor]:
-    """cos and sin for tokens at `positions` [..., 3]: each [..., R] with R = rotated head channels / 2.
+    """Full-head cos and sin for tokens at `positions` [..., 3]: each [..., head_dim].
 
-    Angles are computed in float64 and rounded once, so a shifted copy of the same chunk rotates identically
-    up to that rounding.
+    Channel i pairs with channel i + head_dim/2 (the rotate-half layout); the first pairs turn with time, the
+    next with row, then column; the remaining pairs carry no position (cos 1, sin 0). Angles are computed in
+    float64 and rounded once, so a shifted copy of the same chunk rotates identically up to that rounding.
     """
     angles = []
     for axis, channels in enumerate(cfg.rope_sections):
         freqs = cfg.rope_theta ** (-torch.arange(0, channels, 2, dtype=torch.float64) / channels)
         angles.append(positions[..., axis, None] * freqs)
     angle = torch.cat(angles, dim=-1)
-    return torch.cos(angle).float(), torch.sin(angle).float()
+    free = torch.zeros(*angle.shape[:-1], cfg.head_dim // 2 - angle.shape[-1], dtype=torch.float64)
+    half = torch.cat((angle, free), dim=-1)
+    full = torch.cat((half, half), dim=-1)
+    return torch.cos(full).float(), torch.sin(full).float()
 
 
 def prefix_rope_tables(cfg: SonateConfig) -> tuple[Tensor, Tensor]:
-    """All-zero tables for the prefix tokens: [prefix_tokens, R]."""
-    zeros = torch.zeros(cfg.prefix_tokens, sum(cfg.rope_sections) // 2)
-    return zeros, zeros
+    """Tables for the prefix tokens, [prefix_tokens, head_dim]: cos = sin = 0 on the rotated channel pairs
+    (which zeroes them), identity on the position-free ones."""
+    cos, sin = rope_tables(cfg, torch.zeros(cfg.prefix_tokens, 3, dtype=torch.float64))
+    rotated = sum(cfg.rope_sections) // 2
+    for half in (0, cfg.head_dim // 2):
+        cos[:, half : half + rotated] = 0
+    return cos, sin
 
 
 def chunk_rope_tables(cfg: SonateConfig, chunk_offsets: Tensor) -> tuple[Tensor, Tensor]:

@@ -84,7 +84,13 @@ class Guidance:
 
     @property
     def enabled(self) -> bool:
+        """Whether the negative branch runs at all."""
         return self.audio != 1.0 or self.video != 1.0
+
+    def combine(self, audio: Tensor, video: Tensor) -> tuple[Tensor, Tensor]:
+        """Guided velocities from raw ones whose rows are [conditional | negative]: v₋ + s·(v₊ − v₋)."""
+        (cond_a, neg_a), (cond_v, neg_v) = audio.chunk(2), video.chunk(2)
+        return neg_a + self.audio * (cond_a - neg_a), neg_v + self.video * (cond_v - neg_v)
 
 
 class ChunkStream:
@@ -146,8 +152,7 @@ class ChunkStream:
             return self.velocity(audio, video, t, phonemes)
         t_rows = torch.as_tensor(t, dtype=torch.float32).reshape(-1).expand(len(self.seeds)).repeat(2)
         v_a, v_v = self.velocity(audio.repeat(2, 1, 1), video.repeat(2, 1, 1, 1, 1), t_rows, phonemes.repeat(2))
-        (cond_a, neg_a), (cond_v, neg_v) = v_a.chunk(2), v_v.chunk(2)
-        return neg_a + self.guidance.audio * (cond_a - neg_a), neg_v + self.guidance.video * (cond_v - neg_v)
+        return self.guidance.combine(v_a, v_v)
 
     @torch.no_grad()
     def feed(self, audio: Tensor, video: Tensor, phonemes: ChunkPhonemes) -> None:

@@ -65,19 +65,22 @@ class MaskedAttention:
 
     def __init__(self, cfg: SonateConfig, layout: TokenLayout, device: torch.device) -> None:
         chunks = int(layout.chunk.max()) + 1 if (layout.chunk >= 0).any() else 0
-        chunk_cos, chunk_sin = chunk_rope_tables(cfg, torch.arange(chunks))  # [chunks, chunk_tokens, R]
-        prefix_cos, _ = prefix_rope_tables(cfg)
+        chunk_tables = chunk_rope_tables(cfg, torch.arange(chunks))  # each [chunks, chunk_tokens, head_dim]
+        prefix_tables = prefix_rope_tables(cfg)
         audio = cfg.chunk_audio_latents
+        streams = (
+            (slice(0, layout.audio_tokens), slice(0, audio)),
+            (slice(layout.audio_tokens, None), slice(audio, None)),
+        )
         tables = []
-        for table in (chunk_cos, chunk_sin):
-            by_stream = (table[:, :audio], table[:, audio:])  # a chunk's tokens are [audio | video]
+        for chunk_table, prefix_table in zip(chunk_tables, prefix_tables, strict=True):
             parts = []
-            for stream, (first, last) in enumerate(((0, layout.audio_tokens), (layout.audio_tokens, None))):
-                chunk = layout.chunk[first:last]
-                per_token = prefix_cos[:1].expand(len(chunk), -1).clone()
+            for tokens, chunk_part in streams:  # a chunk's tokens are [audio | video]
+                chunk = layout.chunk[tokens]
+                per_token = prefix_table[:1].repeat(len(chunk), 1)
                 within = torch.arange(len(chunk)) - _run_starts(chunk)
                 has_chunk = chunk >= 0
-                per_token[has_chunk] = by_stream[stream][chunk[has_chunk], within[has_chunk]]
+                per_token[has_chunk] = chunk_table[:, chunk_part][chunk[has_chunk], within[has_chunk]]
                 parts.append(per_token)
             tables.append(torch.cat(parts).to(device))
         self.cos, self.sin = tables

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from sonate import kernels
+from sonate.models.checkpoint import random_model
 from sonate.models.conditioning import INSTRUCTION_PAD, Conditioning
 from sonate.models.config import PRESETS, SonateConfig
 from sonate.models.errors import SonateInputError
@@ -205,8 +206,7 @@ def recompute_chunk(
         noisy_t = torch.full((rows, 1), t, device=audio.device)
         v_a, v_v = teacher_forward(model, prefix, clean_rows, clean_phonemes, noisy, phonemes, noisy_t, [window])
         if rows == 2:
-            (cond_a, neg_a), (cond_v, neg_v) = v_a.chunk(2), v_v.chunk(2)
-            v_a, v_v = neg_a + guidance.audio * (cond_a - neg_a), neg_v + guidance.video * (cond_v - neg_v)
+            v_a, v_v = guidance.combine(v_a, v_v)
         audio, video = audio + (t_next - t) * v_a, video + (t_next - t) * v_v
     return audio, video
 
@@ -227,14 +227,6 @@ def _timed(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def random_model(cfg: SonateConfig, seed: int = SEED) -> SonateModel:
-    """A seeded, randomly initialised model on the CPU in `cfg.dtype`, without touching the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = SonateModel(cfg)
-    return model.to(getattr(torch, cfg.dtype)).eval()
 
 
 def random_conditioning(cfg: SonateConfig, device: torch.device, dtype: torch.dtype) -> Conditioning:

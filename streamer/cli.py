@@ -6,11 +6,10 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from sonate.models.errors import SonateInputError
-
-log = logging.getLogger("sonate")
 
 
 def _add_generate(commands: argparse._SubParsersAction) -> None:
@@ -32,8 +31,6 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> None:
-    import time
-
     from sonate.models.checkpoint import load_model
     from sonate.models.media_io import load_audio, load_image
     from sonate.streamer.clip import generate_clip
@@ -76,12 +73,16 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
 
 def _run_bench_model(args: argparse.Namespace) -> None:
     from sonate.models.checkpoint import from_pretrained, random_model
+    from sonate.models.config import SonateConfig
     from sonate.models.sampler import Guidance
     from sonate.streamer.bench import bench_model, print_model_report
 
     if args.seconds <= 0 or args.steps < 1:
         raise SonateInputError("--seconds must be positive and --steps at least 1")
-    model = random_model(args.preset) if args.checkpoint is None else from_pretrained(args.checkpoint)
+    if args.checkpoint is None:
+        model = random_model(SonateConfig.preset(args.preset))
+    else:
+        model = from_pretrained(args.checkpoint)
     cfg = model.cfg
     guidance = Guidance() if args.no_cfg else Guidance(cfg.audio_guidance, cfg.video_guidance)
     result = bench_model(cfg, args.seconds, args.steps, guidance, threads=args.threads, model=model)

@@ -119,12 +119,15 @@ class ListReference:
         self.chunks: list[dict[int, tuple[torch.Tensor, torch.Tensor]]] = []
 
     def rotate(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Rotate pairs (i, i + D/2) of the rotated channels, written out as a 2-D rotation."""
         cos, sin = chunk_rope_tables(self.cfg, torch.tensor([chunk]))
-        cos, sin = cos[0], sin[0]
-        r = cos.shape[-1]
-        even, odd = x[..., 0 : 2 * r : 2], x[..., 1 : 2 * r : 2]
-        rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
-        return torch.cat((rotated, x[..., 2 * r :]), dim=-1)
+        half, pairs = x.shape[-1] // 2, sum(self.cfg.rope_sections) // 2
+        cos, sin = cos[0, :, :pairs], sin[0, :, :pairs]
+        first, second = x[..., :pairs], x[..., half : half + pairs]
+        out = x.clone()
+        out[..., :pairs] = first * cos - second * sin
+        out[..., half : half + pairs] = first * sin + second * cos
+        return out
 
     def prefix(self):
         reference = self
@@ -132,7 +135,9 @@ class ListReference:
         class Prefix:
             def attend(self, layer, q, k, v):
                 k = k.clone()
-                k[..., : sum(reference.cfg.rope_sections)] = 0
+                half, pairs = k.shape[-1] // 2, sum(reference.cfg.rope_sections) // 2
+                k[..., :pairs] = 0
+                k[..., half : half + pairs] = 0
                 reference.sinks[layer] = (k, v)
                 return F.scaled_dot_product_attention(q, k, v)
 

@@ -24,7 +24,11 @@ from sonate.models.positions import chunk_rope_tables, prefix_rope_tables
 
 
 class KVCache:
-    """Sinks and chunk ring for a batch of sequences (sessions × CFG branches), preallocated once."""
+    """Sinks and chunk ring for `batch` rows (session slots × CFG branches), preallocated once.
+
+    Any subset of rows can make its next chunk together (continuous batching): `begin_chunk(rows)` gathers
+    their windows into the first len(rows) rows of the visible buffers; each row keeps its own chunk count.
+    """
 
     def __init__(self, cfg: SonateConfig, batch: int, device: torch.device | str = "cpu", dtype=torch.float32):
         self.cfg = cfg
@@ -43,6 +47,7 @@ class KVCache:
         self.visible_v = zeros(layers, batch, heads, sinks + (1 + window) * chunk, dim)
         self.next_chunk = torch.zeros(batch, dtype=torch.int64)  # index of the chunk each sequence makes next
         self.kv_lengths = torch.zeros(batch, dtype=torch.int64, device=device)
+        self.active = torch.arange(batch, device=device)  # the rows the current chunk is made for
         # the current chunk always sits at chunk W; window slot i (newest first) at chunk W - 1 - i
         cos, sin = chunk_rope_tables(cfg, torch.arange(window, -1, -1))
         self.current_rope = (cos[0].to(device, dtype), sin[0].to(device, dtype))
@@ -54,38 +59,37 @@ class KVCache:
         tensors = (self.sink_k, self.sink_v, self.ring_k, self.ring_v, self.visible_k, self.visible_v)
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    def reset(self) -> None:
-        """Forget every chunk (the sinks stay until the next prefill)."""
-        self.next_chunk.zero_()
-
-    def rollback(self, chunk: int) -> None:
-        """Make `chunk` the next chunk of every sequence, as if nothing after it had been generated."""
-        oldest = int(self.next_chunk.max()) - self.cfg.max_rollback_chunks
-        if not max(0, oldest) <= chunk <= int(self.next_chunk.min()):
+    def rollback(self, chunk: int, rows: Tensor) -> None:
+        """Make `chunk` the next chunk of `rows`, as if nothing after it had been generated."""
+        made = self.next_chunk[rows.cpu()]
+        oldest = int(made.max()) - self.cfg.max_rollback_chunks
+        if not max(0, oldest) <= chunk <= int(made.min()):
             raise ValueError(f"cannot roll back to chunk {chunk}: the ring holds chunks from {max(0, oldest)} on")
-        self.next_chunk.fill_(chunk)
+        self.next_chunk[rows.cpu()] = chunk
 
-    def begin_chunk(self) -> None:
-        """Assemble the visible sinks and window of every sequence for its next chunk."""
+    def begin_chunk(self, rows: Tensor) -> None:
+        """Assemble the visible sinks and window of `rows` [n] for their next chunk, into the first n rows of
+        the visible buffers; the attention and `end_chunk` that follow act on these rows."""
         cfg = self.cfg
         sinks, chunk, window = cfg.prefix_tokens, cfg.chunk_tokens, cfg.window_chunks
-        past = self.next_chunk[:, None] - 1 - torch.arange(window)  # [B, W], newest first
+        self.active = rows.to(self.ring_k.device)
+        n = len(rows)
+        past = self.next_chunk[rows.cpu()][:, None] - 1 - torch.arange(window)  # [n, W], newest first
         slots = past.remainder(cfg.ring_chunks).to(self.ring_k.device)
-        rows = torch.arange(self.batch, device=slots.device)[:, None]
-        self.kv_lengths.copy_(sinks + chunk + (past >= 0).sum(1) * chunk)
+        self.kv_lengths[:n] = sinks + chunk + (past >= 0).sum(1) * chunk
         pairs = ((self.ring_k, self.visible_k, self.window_rope), (self.ring_v, self.visible_v, None))
         for ring, visible, rope in pairs:
-            gathered = ring[:, rows, :, slots]  # [B, W, layers, Hkv, chunk, D]
-            gathered = gathered.permute(2, 0, 3, 1, 4, 5).flatten(3, 4)  # [layers, B, Hkv, W·chunk, D]
+            gathered = ring[:, self.active[:, None], :, slots]  # [n, W, layers, Hkv, chunk, D]
+            gathered = gathered.permute(2, 0, 3, 1, 4, 5).flatten(3, 4)  # [layers, n, Hkv, W·chunk, D]
             if rope is not None:
                 gathered = kernels.apply_rope(gathered, *rope)
-            visible[:, :, :, sinks + chunk :] = gathered
-        self.visible_k[:, :, :, :sinks] = self.sink_k
-        self.visible_v[:, :, :, :sinks] = self.sink_v
+            visible[:, :n, :, sinks + chunk :] = gathered
+        self.visible_k[:, :n, :, :sinks] = self.sink_k[:, self.active]
+        self.visible_v[:, :n, :, :sinks] = self.sink_v[:, self.active]
 
     def end_chunk(self) -> None:
-        """The chunk's clean K/V are in the ring: advance every sequence by one chunk."""
-        self.next_chunk += 1
+        """The chunk's clean K/V are in the ring: advance the active rows by one chunk."""
+        self.next_chunk[self.active.cpu()] += 1
 
 
 class ChunkAttention:
@@ -100,26 +104,27 @@ class ChunkAttention:
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         cache = self.cache
-        sinks, chunk = cache.cfg.prefix_tokens, cache.cfg.chunk_tokens
+        sinks, chunk, n = cache.cfg.prefix_tokens, cache.cfg.chunk_tokens, len(cache.active)
+        visible_k, visible_v = cache.visible_k[layer, :n], cache.visible_v[layer, :n]
         q = kernels.apply_rope(q, *cache.current_rope)
-        cache.visible_k[layer, :, :, sinks : sinks + chunk] = kernels.apply_rope(k, *cache.current_rope)
-        cache.visible_v[layer, :, :, sinks : sinks + chunk] = v
+        visible_k[:, :, sinks : sinks + chunk] = kernels.apply_rope(k, *cache.current_rope)
+        visible_v[:, :, sinks : sinks + chunk] = v
         if self.write:
-            rows = torch.arange(cache.batch, device=k.device)
-            slots = cache.next_chunk.remainder(cache.cfg.ring_chunks).to(k.device)
-            cache.ring_k[layer, rows, :, slots] = k
-            cache.ring_v[layer, rows, :, slots] = v
-        return kernels.chunk_attention(q, cache.visible_k[layer], cache.visible_v[layer], cache.kv_lengths)
+            slots = cache.next_chunk[cache.active.cpu()].remainder(cache.cfg.ring_chunks).to(k.device)
+            cache.ring_k[layer, cache.active, :, slots] = k
+            cache.ring_v[layer, cache.active, :, slots] = v
+        return kernels.chunk_attention(q, visible_k, visible_v, cache.kv_lengths[:n])
 
 
 class PrefixAttention:
-    """Attention of the prefix tokens among themselves, storing their keys and values as the sinks."""
+    """Attention of the prefix tokens of `rows` among themselves, storing their keys and values as the sinks."""
 
-    def __init__(self, cache: KVCache) -> None:
+    def __init__(self, cache: KVCache, rows: Tensor) -> None:
         self.cache = cache
+        self.rows = rows.to(cache.sink_k.device)
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         k = kernels.apply_rope(k, *self.cache.prefix_rope)  # zeroes the rotated channels: position-free
-        self.cache.sink_k[layer] = k
-        self.cache.sink_v[layer] = v
+        self.cache.sink_k[layer, self.rows] = k
+        self.cache.sink_v[layer, self.rows] = v
         return kernels.chunk_attention(q, k, v)

@@ -30,13 +30,13 @@ def flow_timesteps(steps: int, shift: float = 1.0) -> Tensor:
     return shift * t / (1 + (shift - 1) * t)
 
 
-def chunk_noise(cfg: SonateConfig, seeds: list[int], chunk: int) -> tuple[Tensor, Tensor]:
-    """The starting noise of chunk `chunk` for each sequence seed: audio [B, Fa, Ca] and video [B, Fv, C, h, w].
+def chunk_noise(cfg: SonateConfig, seeds: list[int], chunks: list[int]) -> tuple[Tensor, Tensor]:
+    """Starting noise of chunk `chunks[i]` of the sequence seeded `seeds[i]`: audio [B, Fa, Ca], video [B, Fv, C, h, w].
 
     A function of (seed, chunk) only, so a chunk regenerated after a rollback starts from the same noise.
     """
     audio, video = [], []
-    for seed in seeds:
+    for seed, chunk in zip(seeds, chunks, strict=True):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + chunk)
         audio.append(torch.randn(cfg.chunk_audio_latents, cfg.audio_latent_dim, generator=generator))
         video.append(
@@ -94,16 +94,17 @@ class Guidance:
 
 
 class ChunkStream:
-    """Generates consecutive chunks for a batch of sequences that share one KV cache.
+    """Generates consecutive chunks for up to `capacity` sequences (slots) that share one KV cache.
 
-    Rows of the cache are [conditional sequences | negative sequences] when guidance is on.
+    Each slot is opened with its conditioning and seed, then any subset of open slots makes its next chunk
+    in one batched forward (continuous batching); slots keep their own chunk counts. With guidance on, slot s
+    owns cache rows s (conditional) and capacity + s (negative).
     """
 
     def __init__(
         self,
         model: SonateModel,
-        cond: Conditioning,
-        seeds: list[int],
+        capacity: int,
         guidance: Guidance,
         steps: int | None = None,
         shift: float | None = None,
@@ -111,82 +112,105 @@ class ChunkStream:
         cfg = model.cfg
         self.model = model
         self.cfg = cfg
-        self.seeds = seeds
+        self.capacity = capacity
         self.guidance = guidance
         self.schedule = flow_timesteps(steps or cfg.steps, cfg.shift if shift is None else shift)
         self.branches = 2 if guidance.enabled else 1
         param = next(model.parameters())
-        self.cache = KVCache(cfg, len(seeds) * self.branches, param.device, param.dtype)
-        if guidance.enabled:
-            cond = Conditioning.cat([cond, negative_conditioning(cfg, cond, seeds)])
-        self.timbre = self.prefill(cond)
+        self.cache = KVCache(cfg, capacity * self.branches, param.device, param.dtype)
+        self.timbre = torch.zeros(capacity * self.branches, cfg.dim, device=param.device, dtype=param.dtype)
+        self.seeds = [0] * capacity
+        self.active: list[int] = []  # the slots of the chunk being made
 
-    @property
-    def next_chunk(self) -> int:
-        """Index of the chunk `generate` makes next."""
-        return int(self.cache.next_chunk[0])
+    @classmethod
+    def open_batch(
+        cls, model: SonateModel, cond: Conditioning, seeds: list[int], guidance: Guidance, steps: int | None = None
+    ) -> ChunkStream:
+        """A stream whose slots 0 … B-1 are open with the rows of `cond` and `seeds`."""
+        stream = cls(model, len(seeds), guidance, steps)
+        stream.open(list(range(len(seeds))), cond, seeds)
+        return stream
+
+    def rows(self, slots: list[int]) -> Tensor:
+        """Cache rows of `slots`: [conditional rows | negative rows]."""
+        slot_rows = torch.tensor(slots, dtype=torch.int64)
+        return torch.cat([slot_rows + branch * self.capacity for branch in range(self.branches)])
+
+    def chunk_index(self, slot: int = 0) -> int:
+        """Index of the chunk `slot` makes next."""
+        return int(self.cache.next_chunk[slot])
 
     @torch.no_grad()
-    def prefill(self, cond: Conditioning) -> Tensor:
-        """Compute the prefix K/V (the sinks) once; returns the timbre vectors [rows, dim]."""
+    def open(self, slots: list[int], cond: Conditioning, seeds: list[int]) -> None:
+        """Start `slots` afresh: compute their prefix K/V (the sinks) once, from `cond` (one row per slot)."""
+        if self.branches == 2:
+            cond = Conditioning.cat([cond, negative_conditioning(self.cfg, cond, seeds)])
+        rows = self.rows(slots)
         prefix = self.model.conditioning(cond)
-        self.model.prefix_tokens(prefix, PrefixAttention(self.cache))
-        self.cache.reset()
-        return prefix.timbre
+        self.model.prefix_tokens(prefix, PrefixAttention(self.cache, rows))
+        self.timbre[rows.to(self.timbre.device)] = prefix.timbre
+        self.cache.next_chunk[rows] = 0
+        for slot, seed in zip(slots, seeds, strict=True):
+            self.seeds[slot] = seed
+
+    def begin(self, slots: list[int]) -> None:
+        """Gather the sinks and windows of `slots` for their next chunk; every step of that chunk reads them."""
+        self.active = slots
+        self.cache.begin_chunk(self.rows(slots))
 
     def velocity(
         self, audio: Tensor, video: Tensor, t: float | Tensor, phonemes: ChunkPhonemes
     ) -> tuple[Tensor, Tensor]:
-        """Raw velocities of every cache row (no guidance) for the current chunk at flow time t (one, or [rows])."""
+        """Raw velocities of the active cache rows (no guidance) at flow time t (one, or one per row)."""
         model = self.model
-        rows = self.cache.batch
-        t_rows = torch.as_tensor(t, dtype=torch.float32, device=audio.device).reshape(-1, 1).expand(rows, 1)
+        rows = self.cache.active
+        t_rows = torch.as_tensor(t, dtype=torch.float32, device=audio.device).reshape(-1, 1).expand(len(rows), 1)
         x_a, x_v = model.embed_chunks(audio, video, phonemes)
-        mod_a, mod_v = model.modulation(t_rows, self.timbre)
+        mod_a, mod_v = model.modulation(t_rows, self.timbre[rows])
         x_a, x_v = model.run_blocks(x_a, x_v, mod_a, mod_v, ChunkAttention(self.cache, write=False))
         return model.heads(x_a, x_v, mod_a, mod_v)
 
-    def guided_velocity(self, audio: Tensor, video: Tensor, t: float, phonemes: ChunkPhonemes) -> tuple[Tensor, Tensor]:
-        """The guided velocity of each sequence: audio [B, Fa, Ca], video [B, Fv, C, h, w]."""
+    def guided_velocity(
+        self, audio: Tensor, video: Tensor, t: float | Tensor, phonemes: ChunkPhonemes
+    ) -> tuple[Tensor, Tensor]:
+        """The guided velocity of each active slot: audio [B, Fa, Ca], video [B, Fv, C, h, w]."""
         if self.branches == 1:
             return self.velocity(audio, video, t, phonemes)
-        t_rows = torch.as_tensor(t, dtype=torch.float32).reshape(-1).expand(len(self.seeds)).repeat(2)
+        t_rows = torch.as_tensor(t, dtype=torch.float32).reshape(-1).expand(len(self.active)).repeat(2)
         v_a, v_v = self.velocity(audio.repeat(2, 1, 1), video.repeat(2, 1, 1, 1, 1), t_rows, phonemes.repeat(2))
         return self.guidance.combine(v_a, v_v)
 
     @torch.no_grad()
-    def feed(self, audio: Tensor, video: Tensor, phonemes: ChunkPhonemes) -> None:
-        """Append a given clean chunk to the context without generating it (a replayed or known chunk)."""
-        self.cache.begin_chunk()
-        self.commit(audio, video, phonemes)
-
-    @torch.no_grad()
     def commit(self, audio: Tensor, video: Tensor, phonemes: ChunkPhonemes) -> None:
-        """The clean pass, after `cache.begin_chunk`: write the chunk's K/V at t = 0 into every branch and advance."""
+        """The clean pass, after `begin`: write the chunk's K/V at t = 0 into every branch and advance."""
         model = self.model
-        rows = self.cache.batch
+        rows = len(self.cache.active)
         audio, video = audio.repeat(self.branches, 1, 1), video.repeat(self.branches, 1, 1, 1, 1)
         x_a, x_v = model.embed_chunks(audio, video, phonemes.repeat(self.branches))
-        mod_a, mod_v = model.modulation(torch.zeros(rows, 1, device=audio.device), self.timbre)
+        mod_a, mod_v = model.modulation(torch.zeros(rows, 1, device=audio.device), self.timbre[self.cache.active])
         model.run_blocks(x_a, x_v, mod_a, mod_v, ChunkAttention(self.cache, write=True))
         self.cache.end_chunk()
 
     @torch.no_grad()
-    def generate(self, phonemes: ChunkPhonemes) -> tuple[Tensor, Tensor]:
-        """Make the next chunk: clean audio latents [B, Fa, Ca] and video latents [B, Fv, C, h, w]."""
+    def generate(self, phonemes: ChunkPhonemes, slots: list[int] | None = None) -> tuple[Tensor, Tensor]:
+        """Make the next chunk of `slots` (default: all): clean audio latents [B, Fa, Ca], video [B, Fv, C, h, w]."""
+        slots = list(range(self.capacity)) if slots is None else slots
         param = next(self.model.parameters())
-        # 1. start from the chunk's seeded noise
-        audio, video = (x.to(param) for x in chunk_noise(self.cfg, self.seeds, self.next_chunk))
-        # 2. gather the sinks and the window once; every step of this chunk reads them
-        self.cache.begin_chunk()
+        # 1. start from each slot's seeded noise for its own chunk index
+        seeds = [self.seeds[slot] for slot in slots]
+        noise = chunk_noise(self.cfg, seeds, [self.chunk_index(slot) for slot in slots])
+        audio, video = (x.to(param) for x in noise)
+        # 2. gather the sinks and the windows once; every step of this chunk reads them
+        self.begin(slots)
         # 3. Euler steps of the guided velocity from t = 1 to t = 0
         for t, t_next in zip(self.schedule[:-1].tolist(), self.schedule[1:].tolist(), strict=True):
             v_a, v_v = self.guided_velocity(audio, video, t, phonemes)
             audio, video = audio + (t_next - t) * v_a, video + (t_next - t) * v_v
-        # 4. the clean pass writes the chunk into the cache and advances the position
+        # 4. the clean pass writes the chunk into the cache and advances the positions
         self.commit(audio, video, phonemes)
         return audio, video
 
-    def rollback(self, chunk: int) -> None:
-        """Forget the chunks from `chunk` on; the next `generate` makes chunk `chunk` again."""
-        self.cache.rollback(chunk)
+    def rollback(self, chunk: int, slots: list[int] | None = None) -> None:
+        """Forget the chunks of `slots` (default: all) from `chunk` on; their next chunk is `chunk` again."""
+        slots = list(range(self.capacity)) if slots is None else slots
+        self.cache.rollback(chunk, self.rows(slots))

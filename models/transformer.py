@@ -48,6 +48,16 @@ class ChunkPhonemes:
             self.audio[:, a0:a1], self.audio_speaker[:, a0:a1], self.video[:, v0:v1], self.video_speaker[:, v0:v1]
         )
 
+    def rows(self, rows: list[int]) -> ChunkPhonemes:
+        """The ids of the given batch rows."""
+        return ChunkPhonemes(*(x[rows] for x in (self.audio, self.audio_speaker, self.video, self.video_speaker)))
+
+    @staticmethod
+    def cat(items: list[ChunkPhonemes]) -> ChunkPhonemes:
+        """Stack along the batch."""
+        fields = zip(*((p.audio, p.audio_speaker, p.video, p.video_speaker) for p in items), strict=True)
+        return ChunkPhonemes(*(torch.cat(parts) for parts in fields))
+
     def repeat(self, times: int) -> ChunkPhonemes:
         """The same ids for `times` copies of the batch (the CFG branches)."""
         ids = (self.audio, self.audio_speaker, self.video, self.video_speaker)

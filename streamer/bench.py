@@ -91,7 +91,7 @@ def _bench(
     total_chunks = warmup_chunks + timed_chunks
     cond = random_conditioning(cfg, param.device, param.dtype)
     phonemes = random_phonemes(cfg, total_chunks, param.device)
-    stream = ChunkStream(model, cond, [SEED], guidance, steps=steps)
+    stream = ChunkStream.open_batch(model, cond, [SEED], guidance, steps=steps)
 
     # 1. stream every chunk, keeping the last W + 1 outputs: the last chunk and its clean context
     outputs: deque[tuple[Tensor, Tensor]] = deque(maxlen=cfg.window_chunks + 1)
@@ -151,7 +151,7 @@ def _cache_speedup(
     """Median ms of the last chunk made with the cache and without it, and their ratio."""
     cfg, device = model.cfg, next(model.parameters()).device
     rows_cond = Conditioning.cat([cond, negative_conditioning(cfg, cond, stream.seeds)]) if guidance.enabled else cond
-    noise = tuple(x.to(device, next(model.parameters()).dtype) for x in chunk_noise(cfg, stream.seeds, last))
+    noise = tuple(x.to(device, next(model.parameters()).dtype) for x in chunk_noise(cfg, stream.seeds, [last]))
     window = len(context)
     clean = tuple(torch.cat([x[:, :0], *(out[i] for out in context)], dim=1) for i, x in enumerate(noise))
     clean_phonemes = phonemes.select(last - window, window, cfg)

@@ -93,7 +93,9 @@ def generate_clip(
     if not timeline.phonemes:
         raise SonateInputError(f"nothing to speak in {text!r}; give words, not only punctuation")
     guidance = guidance or Guidance(cfg.audio_guidance, cfg.video_guidance)
-    stream = ChunkStream(model, session_conditioning(model, voice, avatar, instruction), [seed], guidance, steps)
+    stream = ChunkStream.open_batch(
+        model, session_conditioning(model, voice, avatar, instruction), [seed], guidance, steps
+    )
     vocoder, video_decoder = BandVocoder(cfg), PixelVideoDecoder(cfg)
     vocoder_state = vocoder.init_state(1)
     chunks = max(1, math.ceil((timeline.duration_s + TAIL_SECONDS) / cfg.chunk_seconds))

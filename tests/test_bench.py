@@ -86,14 +86,14 @@ def test_uncached_baseline_makes_the_same_chunk(guidance: Guidance) -> None:
     model = bench.random_model(cfg)
     cond = bench.random_conditioning(cfg, CPU, torch.float32)
     phonemes = bench.random_phonemes(cfg, 5, CPU)
-    stream = ChunkStream(model, cond, [0], guidance, steps=3)
+    stream = ChunkStream.open_batch(model, cond, [0], guidance, steps=3)
     outs = [stream.generate(phonemes.select(c, 1, cfg)) for c in range(5)]
     rows = Conditioning.cat([cond, negative_conditioning(cfg, cond, [0])]) if guidance.enabled else cond
     clean = tuple(torch.cat([out[i] for out in outs[2:4]], dim=1) for i in range(2))
     with torch.no_grad():
         audio, video = bench.recompute_chunk(
             model, rows, guidance, stream.schedule,
-            (clean, phonemes.select(2, 2, cfg)), (chunk_noise(cfg, [0], 4), phonemes.select(4, 1, cfg)),
+            (clean, phonemes.select(2, 2, cfg)), (chunk_noise(cfg, [0], [4]), phonemes.select(4, 1, cfg)),
         )  # fmt: skip
     torch.testing.assert_close(audio, outs[4][0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(video, outs[4][1], rtol=1e-4, atol=1e-4)

@@ -41,7 +41,7 @@ def test_streaming_equals_one_pass(guided: bool, window: int) -> None:
     clean, noisy = random_latents(cfg, batch, chunks, seed=1), random_latents(cfg, batch, chunks, seed=2)
     t = torch.rand(batch, chunks, generator=torch.Generator().manual_seed(5))
     guidance = Guidance(2.0, 1.5) if guided else Guidance()
-    stream = ChunkStream(model, cond, seeds, guidance)
+    stream = ChunkStream.open_batch(model, cond, seeds, guidance)
     rows_cond = Conditioning.cat([cond, negative_conditioning(cfg, cond, seeds)]) if guided else cond
     branches = 2 if guided else 1
     expected = teacher_rows(
@@ -54,7 +54,7 @@ def test_streaming_equals_one_pass(guided: bool, window: int) -> None:
     )
     with torch.no_grad():
         for k in range(chunks):
-            stream.cache.begin_chunk()
+            stream.begin(list(range(batch)))
             a, v = chunk_slice(cfg, noisy, k)
             a, v = a.repeat(branches, 1, 1), v.repeat(branches, 1, 1, 1, 1)
             ph = phonemes.select(k, 1, cfg).repeat(branches)
@@ -172,14 +172,14 @@ def test_ring_equals_list_reference() -> None:
     cond = random_conditioning(cfg, batch)
     phonemes = random_phonemes(cfg, batch, chunks)
     clean, noisy = random_latents(cfg, batch, chunks, seed=1), random_latents(cfg, batch, chunks, seed=2)
-    stream = ChunkStream(model, cond, [0, 1], Guidance())
+    stream = ChunkStream.open_batch(model, cond, [0, 1], Guidance())
     reference = ListReference(cfg)
     with torch.no_grad():
         prefix = model.conditioning(cond)
         model.prefix_tokens(prefix, reference.prefix())
         for k in range(chunks):
             ph = phonemes.select(k, 1, cfg)
-            stream.cache.begin_chunk()
+            stream.begin(list(range(batch)))
             got = stream.velocity(*chunk_slice(cfg, noisy, k), 0.7, ph)
             x_a, x_v = model.embed_chunks(*chunk_slice(cfg, noisy, k), ph)
             mod_a, mod_v = model.modulation(torch.full((batch, 1), 0.7), prefix.timbre)
@@ -196,13 +196,13 @@ def test_ring_equals_list_reference() -> None:
 def test_rollback_regenerates_identically(model: SonateModel, cfg: SonateConfig) -> None:
     cond = random_conditioning(cfg, 1)
     phonemes = random_phonemes(cfg, 1, 5)
-    first = ChunkStream(model, cond, [7], Guidance(2.0, 1.5))
+    first = ChunkStream.open_batch(model, cond, [7], Guidance(2.0, 1.5))
     for k in range(5):
         first.generate(phonemes.select(k, 1, cfg))
     first.rollback(3)
     again = [first.generate(phonemes.select(k, 1, cfg)) for k in (3, 4)]
 
-    straight = ChunkStream(model, cond, [7], Guidance(2.0, 1.5))
+    straight = ChunkStream.open_batch(model, cond, [7], Guidance(2.0, 1.5))
     outputs = [straight.generate(phonemes.select(k, 1, cfg)) for k in range(5)]
     for (a, v), (a_ref, v_ref) in zip(again, outputs[3:], strict=True):
         assert torch.equal(a, a_ref) and torch.equal(v, v_ref)
@@ -212,12 +212,12 @@ def test_rollback_then_new_text_equals_a_run_that_had_it(model: SonateModel, cfg
     """After an interruption the next text continues from the rolled-back context, as if it had come first."""
     cond = random_conditioning(cfg, 1)
     old, new = random_phonemes(cfg, 1, 5, seed=1), random_phonemes(cfg, 1, 5, seed=2)
-    interrupted = ChunkStream(model, cond, [7], Guidance())
+    interrupted = ChunkStream.open_batch(model, cond, [7], Guidance())
     for k in range(5):
         interrupted.generate(old.select(k, 1, cfg))
     interrupted.rollback(3)
     resumed = interrupted.generate(new.select(3, 1, cfg))
-    fresh = ChunkStream(model, cond, [7], Guidance())
+    fresh = ChunkStream.open_batch(model, cond, [7], Guidance())
     for k in range(3):
         fresh.generate(old.select(k, 1, cfg))
     expected = fresh.generate(new.select(3, 1, cfg))
@@ -226,18 +226,18 @@ def test_rollback_then_new_text_equals_a_run_that_had_it(model: SonateModel, cfg
 
 
 def test_rollback_beyond_the_ring_is_refused(model: SonateModel, cfg: SonateConfig) -> None:
-    stream = ChunkStream(model, random_conditioning(cfg, 1), [0], Guidance())
+    stream = ChunkStream.open_batch(model, random_conditioning(cfg, 1), [0], Guidance())
     phonemes = random_phonemes(cfg, 1, 1)
     for _ in range(cfg.max_rollback_chunks + 2):
         stream.generate(phonemes)
     with pytest.raises(ValueError, match="cannot roll back"):
         stream.rollback(1)
     with pytest.raises(ValueError, match="cannot roll back"):
-        stream.rollback(stream.next_chunk + 1)
+        stream.rollback(stream.chunk_index() + 1)
 
 
 def test_cache_memory_is_bounded(model: SonateModel, cfg: SonateConfig) -> None:
-    stream = ChunkStream(model, random_conditioning(cfg, 1), [0], Guidance(2.0, 1.5))
+    stream = ChunkStream.open_batch(model, random_conditioning(cfg, 1), [0], Guidance(2.0, 1.5))
     phonemes = random_phonemes(cfg, 1, 1)
     tensors = ("sink_k", "sink_v", "ring_k", "ring_v", "visible_k", "visible_v")
 
@@ -249,5 +249,43 @@ def test_cache_memory_is_bounded(model: SonateModel, cfg: SonateConfig) -> None:
     after_window = snapshot()
     for _ in range(9 * cfg.window_chunks):
         stream.generate(phonemes)
-    assert stream.next_chunk == 10 * cfg.window_chunks
+    assert stream.chunk_index() == 10 * cfg.window_chunks
     assert snapshot() == after_window
+
+
+@pytest.mark.parametrize("guided", [False, True], ids=["cfg-off", "cfg-on"])
+def test_sessions_batched_at_different_positions_equal_separate_runs(
+    model: SonateModel, cfg: SonateConfig, guided: bool
+) -> None:
+    """Continuous batching: a slot opened late shares forwards with one three chunks ahead, and both get
+    exactly what they would get alone."""
+    guidance = Guidance(2.0, 1.5) if guided else Guidance()
+    cond = random_conditioning(cfg, 2)
+    phonemes = random_phonemes(cfg, 2, 5)
+    alone = []
+    for slot in range(2):
+        row = Conditioning(
+            cond.instruction_ids[slot : slot + 1], cond.voice[slot : slot + 1], cond.avatar[slot : slot + 1]
+        )
+        stream = ChunkStream.open_batch(model, row, [10 + slot], guidance)
+        alone.append([stream.generate(phonemes.select(k, 1, cfg).rows([slot])) for k in range(5)])
+
+    shared = ChunkStream(model, capacity=2, guidance=guidance)
+    row0 = Conditioning(cond.instruction_ids[:1], cond.voice[:1], cond.avatar[:1])
+    row1 = Conditioning(cond.instruction_ids[1:], cond.voice[1:], cond.avatar[1:])
+    shared.open([0], row0, [10])
+    for k in range(3):
+        assert _equal(shared.generate(phonemes.select(k, 1, cfg).rows([0]), slots=[0]), alone[0][k])
+    shared.open([1], row1, [11])
+    for k in range(2):  # slot 0 makes chunk 3 + k while slot 1 makes chunk k, in one forward
+        both = ChunkPhonemes.cat([phonemes.select(3 + k, 1, cfg).rows([0]), phonemes.select(k, 1, cfg).rows([1])])
+        audio, video = shared.generate(both, slots=[0, 1])
+        assert _close((audio[:1], video[:1]), alone[0][3 + k]) and _close((audio[1:], video[1:]), alone[1][k])
+
+
+def _equal(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> bool:
+    return torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def _close(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> bool:
+    return all((x - y).abs().max() <= TOLERANCE for x, y in zip(a, b, strict=True))

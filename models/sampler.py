@@ -8,7 +8,7 @@ voice replaced by a white-noise clip — as extra rows of the same batch, each b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -20,8 +20,11 @@ from sonate.models.conditioning import Conditioning
 from sonate.models.config import SonateConfig
 from sonate.models.transformer import ChunkPhonemes, SonateModel
 
-if TYPE_CHECKING:
-    from sonate.models.frontend import PhonemeTimeline
+
+class PhonemeSource(Protocol):
+    """Anything that tells the phoneme and speaker ids at media times (a timeline, a session's speech track)."""
+
+    def sample(self, times_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def flow_timesteps(steps: int, shift: float = 1.0) -> Tensor:
@@ -51,7 +54,7 @@ def chunk_noise(cfg: SonateConfig, seeds: list[int], chunks: list[int]) -> tuple
     return torch.stack(audio), torch.stack(video)
 
 
-def chunk_phonemes(cfg: SonateConfig, timelines: list[PhonemeTimeline], first_chunk: int, chunks: int) -> ChunkPhonemes:
+def chunk_phonemes(cfg: SonateConfig, timelines: list[PhonemeSource], first_chunk: int, chunks: int) -> ChunkPhonemes:
     """Phoneme and speaker ids at the centre time of every token of chunks [first_chunk, first_chunk + chunks)."""
     audio_index = np.arange(first_chunk * cfg.chunk_audio_latents, (first_chunk + chunks) * cfg.chunk_audio_latents)
     video_index = np.arange(first_chunk * cfg.chunk_video_latents, (first_chunk + chunks) * cfg.chunk_video_latents)
@@ -140,18 +143,22 @@ class ChunkStream:
         """Index of the chunk `slot` makes next."""
         return int(self.cache.next_chunk[slot])
 
-    @torch.no_grad()
     def open(self, slots: list[int], cond: Conditioning, seeds: list[int]) -> None:
-        """Start `slots` afresh: compute their prefix K/V (the sinks) once, from `cond` (one row per slot)."""
+        """Start `slots` afresh from `cond` (one row per slot) and their noise seeds."""
+        for slot, seed in zip(slots, seeds, strict=True):
+            self.seeds[slot] = seed
+        self.condition(slots, cond)
+        self.cache.next_chunk[self.rows(slots)] = 0
+
+    @torch.no_grad()
+    def condition(self, slots: list[int], cond: Conditioning) -> None:
+        """Compute the prefix K/V (the sinks) and timbre of `slots` from `cond`; their chunks stay in the cache."""
         if self.branches == 2:
-            cond = Conditioning.cat([cond, negative_conditioning(self.cfg, cond, seeds)])
+            cond = Conditioning.cat([cond, negative_conditioning(self.cfg, cond, [self.seeds[s] for s in slots])])
         rows = self.rows(slots)
         prefix = self.model.conditioning(cond)
         self.model.prefix_tokens(prefix, PrefixAttention(self.cache, rows))
         self.timbre[rows.to(self.timbre.device)] = prefix.timbre
-        self.cache.next_chunk[rows] = 0
-        for slot, seed in zip(slots, seeds, strict=True):
-            self.seeds[slot] = seed
 
     def begin(self, slots: list[int]) -> None:
         """Gather the sinks and windows of `slots` for their next chunk; every step of that chunk reads them."""

@@ -7,20 +7,16 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from sonate.models.conditioning import Conditioning, encode_instruction
 from sonate.models.decoders import BandVocoder, PixelVideoDecoder
 from sonate.models.errors import SonateInputError
-from sonate.models.espeak import synthesize
 from sonate.models.frontend import IncrementalFrontend
-from sonate.models.media_io import resample
 from sonate.models.sampler import ChunkStream, Guidance, chunk_phonemes
 from sonate.models.transformer import SonateModel
+from sonate.streamer.references import session_conditioning
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VOICE_TEXT = "This is the voice sonate speaks with when it is given no reference."
 TAIL_SECONDS = 0.3  # media generated after the last phoneme, so the clip does not end mid-sound
 
 
@@ -41,34 +37,6 @@ class Clip:
     def seconds(self) -> float:
         """Duration in seconds."""
         return len(self.frames) / self.fps
-
-
-def default_voice(sample_rate: int) -> np.ndarray:
-    """The reference voice used when none is given: espeak-ng's en-us voice, [samples] at `sample_rate` Hz."""
-    speech = synthesize(DEFAULT_VOICE_TEXT)
-    return resample(speech.samples, speech.sample_rate, sample_rate)
-
-
-def default_avatar(size: int) -> np.ndarray:
-    """The reference image used when none is given: a neutral vertical gradient, [size, size, 3] uint8."""
-    ramp = np.linspace(0.35, 0.75, size, dtype=np.float32)[:, None, None]
-    tint = np.array([0.9, 0.85, 1.0], dtype=np.float32)
-    return np.broadcast_to(ramp * tint * 255, (size, size, 3)).round().astype(np.uint8)
-
-
-def session_conditioning(
-    model: SonateModel, voice: np.ndarray | None, avatar: np.ndarray | None, instruction: str
-) -> Conditioning:
-    """Conditioning of one sequence from a voice [samples] at the model's rate, an RGB avatar and an instruction."""
-    cfg = model.cfg
-    voice = default_voice(cfg.sample_rate) if voice is None else voice
-    avatar = default_avatar(cfg.identity_image_size) if avatar is None else avatar
-    param = next(model.parameters())
-    return Conditioning(
-        encode_instruction(cfg, instruction)[None].to(param.device),
-        torch.as_tensor(voice, dtype=param.dtype, device=param.device)[None],
-        torch.as_tensor(avatar, device=param.device).permute(2, 0, 1)[None].to(param.dtype) / 255.0,
-    )
 
 
 def generate_clip(

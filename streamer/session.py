@@ -1,0 +1,206 @@
+"""A live session: text in, synchronized audio-video chunks out, with barge-in.
+
+The session is the embedding surface for virtual-agent apps; the engine decides when its next chunk is made
+and batches it with other sessions. All of its methods run on the engine's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sonate.models.errors import SonateInputError
+from sonate.streamer.playout import AVChunk, Playout
+from sonate.streamer.speech import SpeechTrack
+
+if TYPE_CHECKING:
+    from sonate.streamer.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Interruption:
+    """What an interruption did: text up to `played_until` was spoken, text [played_until, text_end) was not;
+    new media continues at `media_time` (s)."""
+
+    played_until: int
+    text_end: int
+    media_time: float
+
+
+class Session:
+    """One avatar speaking: `push_text` in pieces, `flush`, `interrupt`, `update`, and `chunks()` out."""
+
+    def __init__(self, engine: Engine, session_id: str, slot: int, voice: str = "en-us") -> None:
+        cfg = engine.cfg
+        self.engine = engine
+        self.id = session_id
+        self.slot = slot
+        self.speech = SpeechTrack(voice=voice)
+        self.playout = Playout(cfg.sample_rate, cfg.video_fps, cfg.video_width, cfg.video_height)
+        self.next_chunk = 0  # index of the chunk the engine makes next for this session
+        self.epoch = 0  # bumped by each interruption; chunks made for an older epoch are dropped
+        self.viewers = 0
+        self.closed = False
+        self.last_text_at = -math.inf  # monotonic time of the last text piece
+        self.created_at = time.monotonic()
+        self.references: tuple[str, Any, Any] = ("", None, None)  # instruction, voice, avatar as opened
+        self._subscribers: list[asyncio.Queue[Any]] = []
+        self._event_queues: list[asyncio.Queue[dict]] = []
+        self._announced: set[tuple[int, str]] = set()  # (utterance text base, event) already sent
+        self._text_first_pushed: dict[int, float] = {}  # utterance text base → monotonic time of its first text
+
+    # --- the API ---------------------------------------------------------------------------------------------
+
+    def push_text(self, piece: str) -> tuple[int, int]:
+        """Accept a piece of text (a word, an LLM token, a sentence); returns its [start, end) text offsets."""
+        self._check_open()
+        span = self.speech.push(piece, self.generation_front)
+        self.last_text_at = time.monotonic()
+        self._text_first_pushed.setdefault(self.speech.current.text_base, self.last_text_at)
+        self.engine.wake()
+        return span
+
+    def flush(self) -> None:
+        """Speak the text still waiting now (the last word needs no following space)."""
+        self._check_open()
+        self.speech.flush()
+        self.engine.wake()
+
+    def interrupt(self) -> Interruption:
+        """Barge-in: drop media not yet playing, clear waiting text, roll the model back to the playing chunk."""
+        self._check_open()
+        media_time = self.playout.drop_unplayed()
+        chunk = round(media_time / self.engine.cfg.chunk_seconds)
+        self.speech.cut(media_time)
+        self.epoch += 1
+        self.next_chunk = chunk
+        self.engine.request_rollback(self, chunk)
+        result = Interruption(self.speech.spoken_until(media_time), len(self.speech.text), media_time)
+        self._emit({"type": "input.interrupted", "played_until": result.played_until, "text_end": result.text_end,
+                    "media_time": media_time})  # fmt: skip
+        return result
+
+    async def update(self, *, instruction: str | None = None, voice: Any = None, avatar: Any = None) -> None:
+        """Change the instruction, reference voice or avatar; takes effect from the next chunk."""
+        self._check_open()
+        await self.engine.update_conditioning(self, instruction=instruction, voice=voice, avatar=avatar)
+
+    @property
+    def playback_position(self) -> int:
+        """Session text offset up to which words have started playing (what a voice agent keeps on barge-in)."""
+        self.playout.advance()
+        return self.speech.spoken_until(self.playout.position_seconds)
+
+    async def chunks(self) -> AsyncIterator[AVChunk]:
+        """Every chunk as it is made, in order, until the session closes. Counts as a viewer while iterated."""
+        queue: asyncio.Queue[AVChunk | None] = asyncio.Queue()
+        self._subscribers.append(queue)
+        self.add_viewer()
+        try:
+            while (chunk := await queue.get()) is not None:
+                yield chunk
+        finally:
+            self._subscribers.remove(queue)
+            self.remove_viewer()
+
+    async def events(self) -> AsyncIterator[dict]:
+        """Playback events (`speech.started`, `speech.done`, `input.interrupted`) until the session closes."""
+        queue: asyncio.Queue[dict | None] = asyncio.Queue()
+        self._event_queues.append(queue)
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            self._event_queues.remove(queue)
+
+    def add_viewer(self) -> None:
+        """Somebody watches: keep generating idle chunks even when no text waits."""
+        self.viewers += 1
+        self.engine.wake()
+
+    def remove_viewer(self) -> None:
+        self.viewers = max(0, self.viewers - 1)
+
+    async def close(self) -> None:
+        """End the session and free its slot; safe to call twice."""
+        await self.engine.close_session(self)
+
+    # --- for the engine ----------------------------------------------------------------------------------------
+
+    @property
+    def generation_front(self) -> float:
+        """Media time (s) up to which chunks have been committed to the model."""
+        return self.next_chunk * self.engine.cfg.chunk_seconds
+
+    def wants_chunk(self, now: float) -> bool:
+        """Whether the next chunk should be made now: within the lead, its phonemes final, someone to see it."""
+        config = self.engine.config
+        chunk_end = (self.next_chunk + 1) * self.engine.cfg.chunk_seconds
+        speaking = (
+            self.speech.pending
+            or self.speech.final_until() > self.generation_front
+            or (self.speech.current is not None and self.speech.current.end_s > self.generation_front)
+        )
+        lead = config.max_lead_chunks if speaking else config.idle_lead_chunks
+        self.playout.advance(now)
+        playing = int(self.playout.position_seconds / self.engine.cfg.chunk_seconds + 1e-9)
+        if self.next_chunk >= playing + lead:
+            return False
+        if self.speech.pending and self.speech.final_until() < chunk_end:
+            if now - self.last_text_at < config.lookahead_timeout_s:
+                return False
+            self.speech.flush()  # the rest of a word never came: speak what there is
+        self.playout.expecting = speaking or self.viewers > 0
+        return speaking or self.viewers > 0
+
+    def deliver(self, chunk: AVChunk, epoch: int) -> None:
+        """A chunk made for this session: buffer it for playout and hand it to every subscriber."""
+        if epoch != self.epoch or self.closed:
+            return
+        self.playout.push(chunk)
+        for queue in self._subscribers:
+            queue.put_nowait(chunk)
+
+    def announce_playback(self) -> None:
+        """Send `speech.started` / `speech.done` for utterances whose speech playback has reached."""
+        if self.playout.start_time is None:
+            return
+        self.playout.advance()
+        now_s = self.playout.position_seconds  # media played through the last tick
+        for utterance in self.speech.utterances:
+            span = utterance.speech_span
+            if span is None:
+                continue
+            key = utterance.text_base
+            text_end = utterance.text_base + len(utterance.frontend.text)
+            if now_s > span[0] and (key, "started") not in self._announced:
+                self._announced.add((key, "started"))
+                ttfa = time.monotonic() - self._text_first_pushed.get(key, time.monotonic())
+                self.engine.metrics.observe_ttfa(ttfa)
+                self._emit({"type": "speech.started", "text_start": key, "media_time": span[0], "ttfa_ms": ttfa * 1e3})
+            finished = not utterance.pending and now_s >= span[1]
+            if finished and (key, "started") in self._announced and (key, "done") not in self._announced:
+                self._announced.add((key, "done"))
+                self._emit({"type": "speech.done", "text_start": key, "text_end": text_end, "media_time": span[1]})
+
+    def finish(self) -> None:
+        """End every iterator of the session (called by the engine when it closes it)."""
+        self.closed = True
+        for queue in (*self._subscribers, *self._event_queues):
+            queue.put_nowait(None)
+
+    def _emit(self, event: dict) -> None:
+        event = {**event, "session_id": self.id}
+        for queue in self._event_queues:
+            queue.put_nowait(event)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise SonateInputError(f"session {self.id} is closed")

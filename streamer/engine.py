@@ -8,6 +8,7 @@ of them. Model work never runs on the event loop, so network pacing stays on tim
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -22,6 +23,7 @@ from sonate.models.decoders import AudioDecoderState, BandVocoder, PixelVideoDec
 from sonate.models.errors import SonateInputError
 from sonate.models.sampler import ChunkStream, Guidance, chunk_phonemes
 from sonate.models.transformer import ChunkPhonemes, SonateModel
+from sonate.streamer.clapper import clapper_media
 from sonate.streamer.playout import TICK, AVChunk
 from sonate.streamer.references import session_conditioning
 from sonate.streamer.session import Session
@@ -29,6 +31,7 @@ from sonate.streamer.session import Session
 log = logging.getLogger(__name__)
 
 MAX_INSTRUCTION_CHARS = 1000
+SOURCES = ("model", "clapper")  # EngineConfig.source: what makes each chunk's media
 
 
 class EngineFull(SonateInputError):
@@ -42,7 +45,8 @@ class EngineConfig:
     max_lead_chunks: how far generation may run ahead of playback while speaking (must stay within the model's
     `max_rollback_chunks` so an interruption can roll back); idle_lead_chunks: the same when silent (small, so new
     text starts soon); lookahead_timeout_s: how long a half-arrived word may hold a chunk back (seconds);
-    threads: torch CPU threads for the compute thread (None leaves torch's choice).
+    threads: torch CPU threads for the compute thread (None leaves torch's choice); source: "model" generates
+    media, "clapper" replaces the model with A/V sync test media (a flash and a beep each second) on the same path.
     """
 
     max_sessions: int = 4
@@ -52,6 +56,7 @@ class EngineConfig:
     steps: int | None = None
     guidance: Guidance | None = None
     threads: int | None = 1
+    source: str = "model"
 
 
 @dataclass
@@ -100,6 +105,8 @@ class Engine:
         self.model = model if model is not None else load_model(None)[0]
         self.cfg = self.model.cfg
         self.config = config or EngineConfig()
+        if self.config.source not in SOURCES:
+            raise SonateInputError(f"unknown media source {self.config.source!r}; choose one of {', '.join(SOURCES)}")
         if self.config.max_lead_chunks > self.cfg.max_rollback_chunks:
             raise ValueError("max_lead_chunks must not exceed the model's max_rollback_chunks")
         guidance = self.config.guidance or Guidance(self.cfg.audio_guidance, self.cfg.video_guidance)
@@ -132,10 +139,8 @@ class Engine:
             await self.close_session(session)
         if self._scheduler is not None:
             self._scheduler.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._scheduler
-            except asyncio.CancelledError:
-                pass
             self._scheduler = None
         if self._executor is not None:
             self._executor.shutdown(wait=True)
@@ -233,7 +238,8 @@ class Engine:
                 due = [s for s in self.sessions.values() if s.wants_chunk(now)]
                 if not due:
                     try:
-                        await asyncio.wait_for(self._wake.wait(), timeout=TICK)
+                        async with asyncio.timeout(TICK):
+                            await self._wake.wait()
                     except TimeoutError:
                         pass
                     continue
@@ -264,6 +270,8 @@ class Engine:
     def _compute(self, jobs: list[ChunkJob], rollbacks: list[tuple[int, int]]) -> list[AVChunk]:
         """Runs in the compute thread: apply rollbacks, make every job's chunk in one batch, decode."""
         cfg = self.cfg
+        if self.config.source == "clapper":
+            return [self._clapper_chunk(job) for job in jobs]
         for slot, chunk in rollbacks:
             if slot in self._decoder_states:
                 self.stream.rollback(chunk, [slot])
@@ -284,6 +292,16 @@ class Engine:
                         cfg.video_fps, *job.text_span)
             )  # fmt: skip
         return chunks
+
+    def _clapper_chunk(self, job: ChunkJob) -> AVChunk:
+        """The clapper's media for a job, in place of the model's (the model's cache is never touched)."""
+        cfg = self.cfg
+        first_sample = job.chunk * cfg.chunk_audio_samples
+        audio, frames = clapper_media(
+            first_sample, cfg.chunk_audio_samples, cfg.sample_rate, cfg.video_fps, cfg.video_width, cfg.video_height
+        )
+        return AVChunk(job.chunk, job.chunk * cfg.chunk_seconds, audio, frames, cfg.sample_rate, cfg.video_fps,
+                       *job.text_span)  # fmt: skip
 
     async def _in_compute(self, fn, *args):
         self._check_started()

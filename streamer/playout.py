@@ -53,10 +53,12 @@ class AVChunk:
 
 @dataclass
 class TickMedia:
-    """What plays at one tick: `position` is the media time it starts at, in ticks, or None for a hold."""
+    """What plays at one tick: `position` is the media time its audio starts at, in ticks, or None for a hold;
+    `shown` is the media tick whose video frame is on screen (the last one played, during a hold)."""
 
     tick: int
     position: int | None
+    shown: int | None
 
 
 class Playout:
@@ -80,7 +82,7 @@ class Playout:
         self.underruns = 0  # hold episodes while media was expected
         self.expecting = True  # False while the session is paused on purpose: holds then are not underruns
         self.started = asyncio.Event()
-        self._last_frame = np.zeros((height, width, 3), dtype=np.uint8)
+        self._black = np.zeros((height, width, 3), dtype=np.uint8)
 
     @property
     def buffered_until(self) -> int:
@@ -112,12 +114,15 @@ class Playout:
         last = self.tick_at(self.clock() if now is None else now)
         next_tick = self.ticks[-1].tick + 1 if self.ticks else 0
         for tick in range(next_tick, last + 1):
-            if self.position < self.buffered_until:
-                self.ticks.append(TickMedia(tick, self.position))
+            held_before = bool(self.ticks) and self.ticks[-1].position is None
+            # a hold lasts whole video frames, so frames keep starting on the same ticks as before it
+            frame_aligned = (tick - self.position) % self.ticks_per_frame == 0
+            if self.position < self.buffered_until and (frame_aligned or not held_before):
+                self.ticks.append(TickMedia(tick, self.position, self.position))
                 self.position += 1
             else:
-                held_before = bool(self.ticks) and self.ticks[-1].position is None
-                self.ticks.append(TickMedia(tick, None))
+                shown = self.ticks[-1].shown if self.ticks else None
+                self.ticks.append(TickMedia(tick, None, shown))
                 self.holds += 1
                 if self.expecting and not held_before:
                     self.underruns += 1
@@ -127,7 +132,7 @@ class Playout:
         """What plays at `tick` (processing ticks up to it first); ticks older than the history are holds."""
         self.advance(self.start_time + (tick + 0.5) * TICK if self.start_time is not None else None)
         if not self.ticks or tick < self.ticks[0].tick or tick > self.ticks[-1].tick:
-            return TickMedia(tick, None)
+            return TickMedia(tick, None, None)
         return self.ticks[tick - self.ticks[0].tick]
 
     def audio(self, tick: int) -> np.ndarray:
@@ -140,12 +145,12 @@ class Playout:
         return chunk.audio[start : start + self.tick_samples]
 
     def frame(self, tick: int) -> np.ndarray:
-        """The video frame showing at `tick`: uint8 [H, W, 3]; the last frame again on a hold."""
+        """The video frame showing at `tick`: uint8 [H, W, 3]; the last frame played again on a hold."""
         media = self.media_at(tick)
-        if media.position is not None:
-            chunk = self._chunk_at(media.position)
-            self._last_frame = chunk.frames[(media.position - _ticks(chunk.pts)) // self.ticks_per_frame]
-        return self._last_frame
+        if media.shown is None:
+            return self._black
+        chunk = self._chunk_at(media.shown)
+        return chunk.frames[(media.shown - _ticks(chunk.pts)) // self.ticks_per_frame]
 
     def playing_chunk(self) -> AVChunk | None:
         """The chunk whose media is playing now (None before the start or when nothing is buffered)."""
@@ -168,7 +173,7 @@ class Playout:
 
     def _forget_played(self) -> None:
         """Drop chunks that ended before the oldest remembered tick."""
-        oldest = next((t.position for t in self.ticks if t.position is not None), self.position)
+        oldest = next((t.shown for t in self.ticks if t.shown is not None), self.position)
         while len(self.chunks) > 1 and _ticks(self.chunks[0].end) <= oldest:
             self.chunks.popleft()
 

@@ -143,11 +143,8 @@ class Session:
         """Whether the next chunk should be made now: within the lead, its phonemes final, someone to see it."""
         config = self.engine.config
         chunk_end = (self.next_chunk + 1) * self.engine.cfg.chunk_seconds
-        speaking = (
-            self.speech.pending
-            or self.speech.final_until() > self.generation_front
-            or (self.speech.current is not None and self.speech.current.end_s > self.generation_front)
-        )
+        current = self.speech.current
+        speaking = self.speech.pending or (current is not None and current.end_s > self.generation_front)
         lead = config.max_lead_chunks if speaking else config.idle_lead_chunks
         self.playout.advance(now)
         playing = int(self.playout.position_seconds / self.engine.cfg.chunk_seconds + 1e-9)

@@ -119,7 +119,7 @@ class SpeechTrack:
         for u in self.utterances:
             for p in u.timeline.phonemes:
                 at = u.offset_s + p.start_s
-                if p.text_start >= 0 and at < min(end_s, u.cut_s) and u.offset_s + p.end_s > start_s:
+                if p.text_start >= 0 and at < min(end_s, u.cut_s) and min(u.offset_s + p.end_s, u.cut_s) > start_s:
                     starts.append(u.text_base + p.text_start)
                     ends.append(u.text_base + p.text_end)
         return (min(starts), max(ends)) if starts else (-1, -1)

@@ -1,0 +1,144 @@
+"""The engine and its sessions, in real time with a small random model."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+
+import pytest
+
+from sonate.models.checkpoint import random_model
+from sonate.models.errors import SonateInputError
+from sonate.streamer.engine import Engine, EngineConfig, EngineFull
+from sonate.streamer.playout import AVChunk
+from sonate.streamer.session import Session
+from tests.conftest import small_config
+
+
+def small_engine(**config: object) -> Engine:
+    model = random_model(small_config(n_layers=1, max_rollback_chunks=4))
+    return Engine(model, EngineConfig(**{"max_sessions": 2, **config}))
+
+
+async def collect(session: Session, chunks: list[AVChunk], events: list[dict]) -> list[asyncio.Task]:
+    async def chunks_task() -> None:
+        async for chunk in session.chunks():
+            chunks.append(chunk)
+
+    async def events_task() -> None:
+        async for event in session.events():
+            events.append(event)
+
+    return [asyncio.create_task(chunks_task()), asyncio.create_task(events_task())]
+
+
+async def wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_text_is_spoken_in_order_and_reported() -> None:
+    async with small_engine() as engine:
+        session = await engine.open_session(seed=1)
+        chunks, events = [], []
+        tasks = await collect(session, chunks, events)
+        text = "Hello there, how are you?"
+        for word in text.split(" "):
+            session.push_text(word + " ")
+            await asyncio.sleep(0.03)
+        await wait_for(lambda: any(e["type"] == "speech.done" for e in events))
+        assert [e["type"] for e in events] == ["speech.started", "speech.done"]
+        assert events[0]["text_start"] == 0 and events[1]["text_end"] == len(text) + 1
+        spans = [(c.text_start, c.text_end) for c in chunks if c.text_start >= 0]
+        assert spans[0][0] == 0 and max(end for _, end in spans) == len(text) - 1  # the "?" is not a word
+        assert all(a[0] <= b[0] for a, b in itertools.pairwise(spans))  # never goes back in the text
+        assert [c.index for c in chunks] == list(range(len(chunks)))
+        assert session.playback_position == len(text) - 1
+        assert engine.underruns == 0
+        for task in tasks:
+            task.cancel()
+
+
+async def test_interrupt_drops_unplayed_media_and_continues() -> None:
+    async with small_engine() as engine:
+        session = await engine.open_session(seed=2)
+        chunks, events = [], []
+        tasks = await collect(session, chunks, events)
+        first = "One two three four five six seven eight nine ten eleven twelve."
+        session.push_text(first)
+        session.flush()
+        await wait_for(lambda: session.playback_position > 0)
+        made_before = len(chunks)
+        interruption = session.interrupt()
+        assert 0 < interruption.played_until < len(first)  # mid-sentence: the rest is reported unspoken
+        assert interruption.text_end == len(first)
+        resumed_at = round(interruption.media_time / engine.cfg.chunk_seconds)
+        assert resumed_at <= made_before  # rolled back to the chunk after the playing one
+        second = "Sorry, go on."
+        start, end = session.push_text(second)
+        session.flush()
+        await wait_for(lambda: any(e["type"] == "speech.done" and e["text_start"] == start for e in events))
+        after = [c for c in chunks[made_before:] if c.index >= resumed_at]
+        assert after and after[0].pts == pytest.approx(interruption.media_time)
+        assert all(c.text_start < 0 or c.text_start >= start for c in after)  # no old text after the cut
+        assert session.playout.buffered_until * 0.02 >= interruption.media_time
+        kinds = [e["type"] for e in events]
+        assert kinds.index("input.interrupted") < len(kinds) - 1
+        assert session.playback_position == end - 1  # "on" spoken, the "." is not a word
+        for task in tasks:
+            task.cancel()
+
+
+async def test_idle_chunks_only_with_a_viewer() -> None:
+    async with small_engine() as engine:
+        session = await engine.open_session(seed=3)
+        await asyncio.sleep(0.5)
+        assert session.next_chunk == 0  # nobody watches, nothing to say: no work
+        chunks, events = [], []
+        tasks = await collect(session, chunks, events)
+        await wait_for(lambda: len(chunks) >= 3)
+        assert all(c.text_start == -1 for c in chunks)  # idle: silence phonemes
+        playing = session.playout.position_seconds / engine.cfg.chunk_seconds
+        assert session.next_chunk <= playing + engine.config.idle_lead_chunks + 1
+        for task in tasks:
+            task.cancel()
+
+
+async def test_sessions_share_batches() -> None:
+    async with small_engine() as engine:
+        sessions = [await engine.open_session(seed=i) for i in range(2)]
+        for session in sessions:
+            session.push_text("A few words for each of us to say out loud.")
+            session.flush()
+        await wait_for(lambda: all(s.playback_position > 20 for s in sessions), timeout=15)
+        assert engine.metrics.chunks > engine.metrics.batches  # some forwards carried both sessions
+
+
+async def test_full_engine_and_closed_sessions() -> None:
+    async with small_engine(max_sessions=1) as engine:
+        session = await engine.open_session()
+        with pytest.raises(EngineFull):
+            await engine.open_session()
+        await session.close()
+        await session.close()  # twice is fine
+        with pytest.raises(SonateInputError, match="closed"):
+            session.push_text("hello")
+        again = await engine.open_session()
+        with pytest.raises(SonateInputError, match="at most"):
+            again.push_text("x" * 5000)
+
+
+async def test_many_sessions_leave_nothing_behind() -> None:
+    tasks_before = len(asyncio.all_tasks())
+    threads_before = threading.active_count()
+    async with small_engine() as engine:
+        for i in range(50):
+            session = await engine.open_session(seed=i)
+            session.push_text("hi ")
+            await session.close()
+        assert not engine.sessions and sorted(engine._free_slots) == [0, 1]
+    assert len(asyncio.all_tasks()) == tasks_before
+    assert threading.active_count() == threads_before

@@ -93,6 +93,11 @@ class Session:
         await self.engine.update_conditioning(self, instruction=instruction, voice=voice, avatar=avatar)
 
     @property
+    def text(self) -> str:
+        """Every piece of text accepted so far, in order (offsets index into it)."""
+        return self.speech.text
+
+    @property
     def playback_position(self) -> int:
         """Session text offset up to which words have started playing (what a voice agent keeps on barge-in)."""
         self.playout.advance()
@@ -110,10 +115,14 @@ class Session:
             self._subscribers.remove(queue)
             self.remove_viewer()
 
-    async def events(self) -> AsyncIterator[dict]:
-        """Playback events (`speech.started`, `speech.done`, `input.interrupted`) until the session closes."""
+    def events(self) -> AsyncIterator[dict]:
+        """Playback events (`speech.started`, `speech.done`, `input.interrupted`) from this call on, until the
+        session closes. The subscription starts when this is called, not when iteration begins."""
         queue: asyncio.Queue[dict | None] = asyncio.Queue()
         self._event_queues.append(queue)
+        return self._drain_events(queue)
+
+    async def _drain_events(self, queue: asyncio.Queue[dict | None]) -> AsyncIterator[dict]:
         try:
             while (event := await queue.get()) is not None:
                 yield event

@@ -157,7 +157,7 @@ class Session:
         lead = config.max_lead_chunks if speaking else config.idle_lead_chunks
         self.playout.advance(now)
         playing = int(self.playout.position_seconds / self.engine.cfg.chunk_seconds + 1e-9)
-        if self.next_chunk >= playing + lead:
+        if self.next_chunk > playing + lead:  # lead: chunks made beyond the one playing
             return False
         if self.speech.pending and self.speech.final_until() < chunk_end:
             if now - self.last_text_at < config.lookahead_timeout_s:

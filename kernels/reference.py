@@ -28,6 +28,12 @@ def masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
+def block_causal_attention(q: Tensor, k: Tensor, v: Tensor, layout, window: int) -> Tensor:
+    """Attention under the teacher-forcing mask `layout.mask(window)` of a `TokenLayout`; shapes as
+    `chunk_attention`."""
+    return masked_attention(q, k, v, layout.mask(window).to(q.device))
+
+
 def modulated_norm(x: Tensor, shift: Tensor, scale: Tensor, eps: float) -> Tensor:
     """AdaLN: `layer_norm(x) * (1 + scale) + shift`, norm without affine weights; x: [B, T, C]."""
     return F.layer_norm(x, x.shape[-1:], eps=eps) * (1 + scale) + shift

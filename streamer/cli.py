@@ -52,6 +52,61 @@ def _run_generate(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} ({clip.seconds:.2f} s, generated in {elapsed:.2f} s)")
 
 
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "serve",
+        help="run the HTTP, websocket and WebRTC server",
+        description="Serve live talking-avatar sessions on one port: the REST API, the websocket session "
+        "protocol, WebRTC (WHEP-style), /metrics and the demo page. See docs/protocol.md.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint directory (default: the embedded model)")
+    p.add_argument("--max-sessions", type=int, default=4, help="sessions served at once (default 4)")
+    p.add_argument(
+        "--source",
+        choices=["model", "clapper"],
+        default="model",
+        help="'clapper' replaces the model with A/V sync test media: a flash and a beep every second",
+    )
+    p.add_argument(
+        "--session-timeout", type=float, default=60.0, help="seconds before an unattended session closes (default 60)"
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="(default info)")
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from sonate.models.checkpoint import load_model
+    from sonate.streamer.engine import Engine, EngineConfig
+    from sonate.streamer.server import ServerConfig, create_app
+
+    if args.max_sessions < 1 or args.session_timeout <= 0 or not 0 < args.port < 65536:
+        raise SonateInputError("--max-sessions must be at least 1, --session-timeout positive and --port in 1..65535")
+    log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=args.log_level.upper(), format=log_format, force=True)
+    model, _ = load_model(args.checkpoint)
+    engine = Engine(model, EngineConfig(max_sessions=args.max_sessions, source=args.source))
+    config = ServerConfig(host=args.host, port=args.port, session_timeout_s=args.session_timeout)
+    app = create_app(engine, config)
+    shown_host = "localhost" if args.host in ("0.0.0.0", "::", "") else args.host
+    shown_host = f"[{shown_host}]" if ":" in shown_host else shown_host  # an IPv6 address
+    print(f"sonate: demo page at http://{shown_host}:{args.port}/ (Ctrl-C stops)", flush=True)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        ws="websockets-sansio",  # the websockets library's implementation (`websockets` is its deprecated legacy one)
+        ws_max_size=config.ws_max_message_bytes,
+        ws_per_message_deflate=False,  # media is JPEG and PCM: compressing it costs CPU for nothing
+        log_level=args.log_level,
+        timeout_graceful_shutdown=5,
+    )
+
+
 def _add_bench(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("bench", help="measure speed", description="Benchmarks that print figures.")
     targets = p.add_subparsers(dest="target", required=True, metavar="TARGET")
@@ -100,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generate(commands)
+    _add_serve(commands)
     _add_bench(commands)
     return parser
 

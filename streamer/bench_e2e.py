@@ -1,0 +1,455 @@
+"""The end-to-end benchmark: the real server in-process, real clients over loopback, figures as a client sees them.
+
+`bench_e2e` starts the server (uvicorn, in a thread with its own event loop) on a free loopback port and runs
+two phases against it:
+
+1. **speech** (`--source model`): N concurrent clients (`ClientSession`: websocket + aiortc WebRTC viewer) hold a
+   conversation for about S seconds each: a sentence streamed word by word at ~30 tokens/s (as an LLM sends
+   it), flushed, its `speech.done` awaited, a pause, the next sentence. Client i starts i · `STAGGER_S` later
+   so the turns of different sessions do not all arrive at the same instant. Per utterance it measures, on the
+   client's monotonic clock, first text piece sent → the WebRTC audio frame carrying the first phoneme received
+   (ttfa) and → the video frame showing it received (ttfv). The first phoneme is found in the received media by
+   matching it against the session's audio from the websocket media subscription (`sonate.clients.latency`):
+   energy cannot mark speech, since an idle avatar need not be silent. Underruns and the real-time factor come
+   from the engine, counted over the measured span only (after a warm-up session).
+2. **sync** (always the clapper source, on a second server): N clients watch for a few seconds; flashes and beeps
+   are found on the received timeline (pts) with `sonate.streamer.clapper` and paired: the A/V offset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import resource
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import uvicorn
+import uvloop
+
+from sonate.clients.client import ClientOptions, ClientSession, SonateClient
+from sonate.clients.latency import SpeechLatency
+from sonate.models.config import PRESETS
+from sonate.models.errors import SonateInputError
+from sonate.models.transformer import SonateModel
+from sonate.streamer.bench import preset_name
+from sonate.streamer.clapper import av_offsets, beep_times, flash_times
+from sonate.streamer.engine import SOURCES, Engine, EngineConfig
+from sonate.streamer.server import ServerConfig, create_app
+
+log = logging.getLogger(__name__)
+
+TOKENS_PER_SECOND = 30.0  # text pieces (words) sent per second, as an LLM streams them
+TURN_GAP_S = 1.0  # pause after each sentence's speech.done before the next sentence (s)
+STAGGER_S = 0.7  # client i starts i times this later (s)
+SYNC_SECONDS = 6.0  # seconds each client watches the clapper in the sync phase
+FIRST_MEDIA_TIMEOUT_S = 15.0  # seconds for a client's first WebRTC frames
+SERVER_START_TIMEOUT_S = 30.0
+SENTENCES = (
+    "Hello there, it is good to see you again, and I hope your morning went well.",
+    "The weather today looks calm and mild, with a light breeze coming in from the sea.",
+    "Let me walk you through the plan for this afternoon, one step at a time.",
+    "First we check the numbers from last week and see where the gaps are.",
+    "Then we write down three small changes that we can test before Friday.",
+    "If anything looks odd, just stop me and ask, that is what I am here for.",
+    "A good answer is short and clear, and it leaves room for the next question.",
+    "I can also read the summary aloud while you look over the charts on screen.",
+    "That sounds like a fine idea, so let us start with the first chart right away.",
+    "Thank you for your patience, we are almost done with the review for today.",
+)
+
+
+@dataclass
+class E2EConfig:
+    """What the benchmark runs: `sessions` concurrent clients for about `seconds` of conversation each.
+
+    source: the media source of the speech phase ("model", or "clapper" to leave the model out);
+    tokens_per_second: words sent per second within a sentence; sync_seconds: seconds each client watches the
+    clapper in the sync phase (0 skips it); warmup: run one untimed session first.
+    """
+
+    sessions: int = 1
+    seconds: float = 60.0
+    source: str = "model"
+    tokens_per_second: float = TOKENS_PER_SECOND
+    sync_seconds: float = SYNC_SECONDS
+    warmup: bool = True
+
+    def check(self) -> None:
+        if self.sessions < 1:
+            raise SonateInputError(f"--sessions must be at least 1, got {self.sessions}")
+        if self.seconds <= 0 or self.tokens_per_second <= 0 or self.sync_seconds < 0:
+            raise SonateInputError("--seconds and --tokens-per-second must be positive, --sync-seconds not negative")
+        if self.source not in SOURCES:
+            raise SonateInputError(f"unknown source {self.source!r}; choose one of {', '.join(SOURCES)}")
+
+
+@dataclass
+class SessionRun:
+    """One client's run of the speech phase."""
+
+    session_id: str
+    turns: int
+    underruns: int  # the session's playout underruns over the run (from the server, before teardown)
+    media_seconds: float
+    latencies: list[SpeechLatency] = field(default_factory=list)
+
+
+# --- the server in a thread ------------------------------------------------------------------------------------
+
+
+@dataclass
+class LocalServer:
+    """A server running in this process: its URL and engine."""
+
+    url: str
+    engine: Engine
+
+
+@contextlib.contextmanager
+def local_server(engine: Engine, config: ServerConfig | None = None) -> Iterator[LocalServer]:
+    """Serve `engine` on a free loopback port from a thread with its own (uvloop) event loop until the block ends."""
+    app = create_app(engine, config or ServerConfig())
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, loop="none", ws="websockets-sansio", ws_per_message_deflate=False, log_level="warning")
+    )
+    thread = threading.Thread(target=uvloop.run, args=(server.serve(sockets=[sock]),), name="sonate-bench-server")
+    thread.start()
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the benchmark's server did not start; see the log above")
+            time.sleep(0.01)
+        yield LocalServer(f"http://127.0.0.1:{port}", engine)
+    finally:
+        server.should_exit = True
+        thread.join()
+        sock.close()
+
+
+# --- the benchmark ---------------------------------------------------------------------------------------------
+
+
+def bench_e2e(model: SonateModel, config: E2EConfig) -> dict:
+    """Run both phases against `model` and return the figures as a JSON-able dict (times in ms).
+
+    The server runs in this process; the clients run in one child process, so that their WebRTC stacks do not
+    compete with the engine for this interpreter's lock (remote clients would not).
+    """
+    config.check()
+    load_before = os.getloadavg()  # other work on the machine skews every figure: say how busy it was
+    spawn = multiprocessing.get_context("spawn")  # a fork would copy the server's threads and locks
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as clients:
+        engine = Engine(model, EngineConfig(max_sessions=config.sessions, source=config.source))
+        with local_server(engine) as server:
+            if config.warmup:
+                warmup = E2EConfig(seconds=0.1, tokens_per_second=config.tokens_per_second, sync_seconds=0)
+                clients.submit(run_conversations, server.url, warmup).result()
+            speech = _measure_engine(engine, lambda: clients.submit(run_conversations, server.url, config).result())
+        sync: dict = {"av_offsets_ms": [], "av_arrival_offsets_ms": [], "sync_underruns": 0}
+        if config.sync_seconds > 0:
+            clapper = Engine(model, EngineConfig(max_sessions=config.sessions, source="clapper"))
+            with local_server(clapper) as server:
+                sync = clients.submit(run_clapper_watch, server.url, config).result()
+    return _report(model, config, speech, sync, load_before)
+
+
+def _measure_engine(engine: Engine, run: Callable[[], tuple[list[SessionRun], float]]) -> dict:
+    """Run the clients (`run`) and return their runs with the engine's and the processes' figures over that span."""
+    metrics = engine.metrics
+    before = (metrics.compute_seconds, metrics.media_seconds, metrics.batches, engine.underruns, _cpu_seconds())
+    started = time.monotonic()
+    runs, clients_cpu_seconds = run()
+    wall = time.monotonic() - started
+    batches = metrics.batches - before[2]
+    return {
+        "runs": runs,
+        "wall_seconds": wall,
+        "compute_seconds": metrics.compute_seconds - before[0],
+        "engine_media_seconds": metrics.media_seconds - before[1],
+        "batch_ms": [s * 1e3 for s in metrics.chunk_seconds[-batches:]] if batches else [],
+        "engine_underruns": engine.underruns - before[3],
+        "server_cpu_seconds": _cpu_seconds() - before[4],
+        "clients_cpu_seconds": clients_cpu_seconds,
+    }
+
+
+# --- the clients (in the child process) ------------------------------------------------------------------------
+
+
+def run_conversations(url: str, config: E2EConfig) -> tuple[list[SessionRun], float]:
+    """The speech phase's clients: `config.sessions` conversations at once against the server at `url`;
+    returns their runs and the CPU seconds the clients used."""
+    started = _cpu_seconds()
+    runs = asyncio.run(_conversations(url, config))
+    return runs, _cpu_seconds() - started
+
+
+async def _conversations(url: str, config: E2EConfig) -> list[SessionRun]:
+    client = SonateClient(url)
+    return list(await asyncio.gather(*(_converse(client, i, config, i * STAGGER_S) for i in range(config.sessions))))
+
+
+async def _converse(client: SonateClient, index: int, config: E2EConfig, delay_s: float) -> SessionRun:
+    """One client: sentences streamed word by word, each awaited until spoken, for about `config.seconds`."""
+    await asyncio.sleep(delay_s)
+    info = await client.create_session(seed=max(index, 0))
+    try:
+        async with ClientSession(client, info, ClientOptions(reference=True)) as session:
+            assert session.recorder is not None
+            await asyncio.wait_for(session.recorder.media_arrived.wait(), FIRST_MEDIA_TIMEOUT_S)
+            start, turns = time.monotonic(), 0
+            while time.monotonic() - start < config.seconds:
+                sentence = SENTENCES[(max(index, 0) * 3 + turns) % len(SENTENCES)] + " "
+                pieces = await session.stream_text(sentence, config.tokens_per_second)
+                await session.flush()
+                last = await session.wait_for("input.accepted", lambda e, i=pieces[-1].id: e.get("id") == i)
+                spoken_end = int(last["text_end"]) - 1  # type: ignore[call-overload]  # the trailing space
+                await session.wait_for("speech.done", lambda e, end=spoken_end: e["text_end"] >= end, timeout=60)  # type: ignore[operator]
+                turns += 1
+                await asyncio.sleep(TURN_GAP_S)
+            described = await client.describe_session(info.session_id)  # before teardown can add a hold
+    finally:
+        await client.delete_session(info.session_id)
+    log.info("session %s: %d turns, %d underruns", info.session_id, turns, described["underruns"])
+    return SessionRun(info.session_id, turns, int(described["underruns"]), float(described["media_seconds"]),
+                      session.speech_latencies())  # fmt: skip
+
+
+def run_clapper_watch(url: str, config: E2EConfig) -> dict:
+    """The sync phase's clients: `config.sessions` viewers of a clapper server; their A/V offsets (ms)."""
+    return asyncio.run(_clapper_watch(url, config))
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) this process has used so far, all its threads together."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _clapper_watch(url: str, config: E2EConfig) -> dict:
+    client = SonateClient(url)
+    watched = await asyncio.gather(*(_watch_clapper(client, config.sync_seconds) for _ in range(config.sessions)))
+    return {
+        "av_offsets_ms": [x for (offsets, _), _ in watched for x in offsets],
+        "av_arrival_offsets_ms": [x for (_, arrivals), _ in watched for x in arrivals],
+        "sync_underruns": sum(underruns for _, underruns in watched),
+    }
+
+
+async def _watch_clapper(client: SonateClient, seconds: float) -> tuple[tuple[list[float], list[float]], int]:
+    """Watch a clapper session for `seconds`; returns ((pts offsets ms, arrival offsets ms), underruns)."""
+    info = await client.create_session()
+    try:
+        async with ClientSession(client, info) as session:
+            recorder = session.recorder
+            assert recorder is not None
+            await asyncio.wait_for(recorder.media_arrived.wait(), FIRST_MEDIA_TIMEOUT_S)
+            await asyncio.sleep(seconds)
+            underruns = int((await client.describe_session(info.session_id))["underruns"])
+    finally:
+        await client.delete_session(info.session_id)
+    flashes = flash_times((pts, np.full((1, 1), round(b * 255), dtype=np.uint8)) for pts, b in recorder.brightness)
+    beeps = beep_times(recorder.audio, recorder.sample_rate, 0.0)
+    offsets = av_offsets(flashes, beeps)
+    arrivals = []
+    for flash, offset in zip(flashes, offsets, strict=True):
+        audio_at, video_at = recorder.arrival_of("audio", flash + offset), recorder.arrival_of("video", flash)
+        if audio_at is not None and video_at is not None:
+            arrivals.append((audio_at - video_at) * 1e3)
+    return ([o * 1e3 for o in offsets], arrivals), underruns
+
+
+# --- the report ------------------------------------------------------------------------------------------------
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def _report(model: SonateModel, config: E2EConfig, speech: dict, sync: dict, load_before: tuple) -> dict:
+    runs: list[SessionRun] = speech["runs"]
+    latencies = [latency for run in runs for latency in run.latencies]
+    ttfa = [x.ttfa_ms for x in latencies if x.ttfa_ms is not None]
+    ttfv = [x.ttfv_ms for x in latencies if x.ttfv_ms is not None]
+    ttfa_ws = [x.ttfa_websocket_ms for x in latencies if x.ttfa_websocket_ms is not None]
+    ttfa_server = [x.server_ttfa_ms for x in latencies]
+    av = [abs(x) for x in sync["av_offsets_ms"]]
+    underruns = sum(run.underruns for run in runs)
+    session_minutes = sum(run.media_seconds for run in runs) / 60
+    media, wall = speech["engine_media_seconds"], speech["wall_seconds"]
+    cfg = model.cfg
+    return {
+        "benchmark": "e2e",
+        "sessions": config.sessions,
+        "seconds": config.seconds,
+        "source": config.source,
+        "tokens_per_second": config.tokens_per_second,
+        "turn_gap_s": TURN_GAP_S,
+        "stagger_s": STAGGER_S,
+        "preset": preset_name(cfg),
+        "params": sum(p.numel() for p in model.parameters()),
+        "chunk_seconds": cfg.chunk_seconds,
+        "turns": sum(run.turns for run in runs),
+        "utterances": len(latencies),
+        "utterances_located": len(ttfa),
+        "ttfa_ms_p50": _percentile(ttfa, 50),
+        "ttfa_ms_p95": _percentile(ttfa, 95),
+        "ttfa_ms_max": max(ttfa, default=None),
+        "ttfv_ms_p50": _percentile(ttfv, 50),
+        "ttfv_ms_p95": _percentile(ttfv, 95),
+        "ttfa_websocket_ms_p50": _percentile(ttfa_ws, 50),
+        "ttfa_server_ms_p50": _percentile(ttfa_server, 50),
+        "ttfa_server_ms_p95": _percentile(ttfa_server, 95),
+        "av_offset_ms_p50": _percentile(av, 50),
+        "av_offset_ms_p95": _percentile(av, 95),
+        "av_offset_ms_max": max(av, default=None),
+        "av_offset_ms_mean_signed": float(np.mean(sync["av_offsets_ms"])) if av else None,
+        "av_arrival_offset_ms_p50": _percentile(sync["av_arrival_offsets_ms"], 50),
+        "av_claps": len(av),
+        "underruns": underruns,
+        "underruns_per_minute": underruns / session_minutes if session_minutes else None,
+        "engine_underruns": speech["engine_underruns"],
+        "sync_underruns": sync["sync_underruns"],
+        "rtf": speech["compute_seconds"] / media if media else None,
+        "engine_busy": speech["compute_seconds"] / wall,
+        "compute_seconds": speech["compute_seconds"],
+        "media_seconds": media,
+        "wall_seconds": wall,
+        "server_cpu_per_second": speech["server_cpu_seconds"] / wall,
+        "clients_cpu_per_second": speech["clients_cpu_seconds"] / wall,
+        "batch_ms_p50": _percentile(speech["batch_ms"], 50),
+        "batch_ms_p95": _percentile(speech["batch_ms"], 95),
+        "per_session": [{**asdict(run), "latencies": [_latency_row(x) for x in run.latencies]} for run in runs],
+        "machine": {**_machine(), "load_average_before": list(load_before)},
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _latency_row(latency: SpeechLatency) -> dict:
+    return {
+        "text_start": latency.text_start,
+        "media_time": latency.media_time,
+        "ttfa_ms": latency.ttfa_ms,
+        "ttfv_ms": latency.ttfv_ms,
+        "ttfa_websocket_ms": latency.ttfa_websocket_ms,
+        "ttfa_server_ms": latency.server_ttfa_ms,
+    }
+
+
+def _machine() -> dict:
+    versions = {}
+    for package in ("sonate", "torch", "aiortc", "av", "numpy", "uvicorn", "fastapi", "websockets"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    return {
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average": list(os.getloadavg()),  # 1, 5 and 15 minutes, at the end of the run
+        "engine_torch_threads": EngineConfig().threads,
+        "versions": versions,
+    }
+
+
+def print_e2e_report(result: dict) -> None:
+    """Print the figures of `bench_e2e` as a readable table."""
+
+    def ms(key: str) -> str:
+        value = result[key]
+        return "n/a" if value is None else f"{value:.0f}"
+
+    machine = result["machine"]
+    per_minute = result["underruns_per_minute"]
+    rows = [
+        ("setup", f"{result['sessions']} session(s) × ~{result['seconds']:g} s, source {result['source']}, "
+                  f"preset {result['preset']} ({result['params'] / 1e6:.2f} M params), "
+                  f"text at {result['tokens_per_second']:g} words/s"),
+        ("machine", f"{machine['cpu_count']} CPUs, load {machine['load_average_before'][0]:.2f} before the run, "
+                    f"torch {machine['versions'].get('torch')}, aiortc {machine['versions'].get('aiortc')}"),
+        ("utterances", f"{result['utterances']} ({result['utterances_located']} located in the WebRTC media)"),
+        ("ttfa ms", f"p50 {ms('ttfa_ms_p50')}   p95 {ms('ttfa_ms_p95')}   max {ms('ttfa_ms_max')}   "
+                    "(text sent → first phoneme's audio received over WebRTC)"),
+        ("ttfv ms", f"p50 {ms('ttfv_ms_p50')}   p95 {ms('ttfv_ms_p95')}   (→ the video frame showing it received)"),
+        ("ttfa elsewhere", f"websocket media p50 {ms('ttfa_websocket_ms_p50')} ms; server's own p50 "
+                           f"{ms('ttfa_server_ms_p50')} ms, p95 {ms('ttfa_server_ms_p95')} ms"),
+        ("underruns", f"{result['underruns']} over {result['media_seconds']:.0f} s of media made"
+                      + ("" if per_minute is None else f" ({per_minute:.2f} per session-minute)")),
+        ("rtf", "n/a" if result["rtf"] is None else f"{result['rtf']:.3f}  (engine compute s per media s, all "
+                f"sessions; batch ms p50 {ms('batch_ms_p50')}, p95 {ms('batch_ms_p95')} for "
+                f"{result['chunk_seconds'] * 1000:.0f} ms of media per session)"),
+        ("engine busy", f"{result['engine_busy']:.0%} of the wall time (real time needs well below 100 %)"),
+        ("cpu", f"server process {result['server_cpu_per_second']:.2f} cores, clients "
+                f"{result['clients_cpu_per_second']:.2f} cores (of {machine['cpu_count']})"),
+        ("a/v offset ms", f"|offset| p50 {ms('av_offset_ms_p50')}   p95 {ms('av_offset_ms_p95')}   "
+                          f"max {ms('av_offset_ms_max')}   over {result['av_claps']} claps (by pts; "
+                          f"arrival: audio {ms('av_arrival_offset_ms_p50')} ms after video, p50)"),
+    ]  # fmt: skip
+    width = max(len(name) for name, _ in rows)
+    print(f"sonate e2e bench — {result['timestamp']}")
+    for name, text in rows:
+        print(f"  {name:<{width}}  {text}")
+
+
+def add_bench_e2e_parser(bench_subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `e2e` to the `sonate bench` targets."""
+    p = bench_subcommands.add_parser(
+        "e2e",
+        help="the real server and real WebRTC clients on loopback",
+        description="Start the server in-process and N concurrent clients (websocket + aiortc WebRTC) that talk "
+        "for about S seconds each; report time to first audio and video at the client, underruns, real-time "
+        "factor and the A/V offset measured with the clapper source.",
+    )
+    p.add_argument("--sessions", type=int, default=1, help="concurrent sessions (default 1)")
+    p.add_argument("--seconds", type=float, default=60.0, help="seconds of conversation per session (default 60)")
+    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    p.add_argument("--source", choices=list(SOURCES), default="model",
+                   help="media source of the speech phase: 'clapper' leaves the model out (default model)")  # fmt: skip
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--preset", default="tiny", help="model preset with random weights (default tiny)")
+    weights.add_argument("--checkpoint", type=Path, help="benchmark this checkpoint instead of a preset")
+    p.add_argument("--tokens-per-second", type=float, default=TOKENS_PER_SECOND,
+                   help=f"words sent per second within a sentence (default {TOKENS_PER_SECOND:g})")  # fmt: skip
+    p.add_argument("--sync-seconds", type=float, default=SYNC_SECONDS,
+                   help=f"seconds of the clapper phase (A/V offset; default {SYNC_SECONDS:g}; 0 skips)")  # fmt: skip
+    p.set_defaults(run=run_bench_e2e)
+    return p
+
+
+def run_bench_e2e(args: argparse.Namespace) -> None:
+    """The `bench e2e` subcommand."""
+    from sonate.models.checkpoint import from_pretrained, random_model
+    from sonate.models.config import SonateConfig
+
+    config = E2EConfig(args.sessions, args.seconds, args.source, args.tokens_per_second, args.sync_seconds)
+    config.check()
+    if args.checkpoint is not None:
+        model = from_pretrained(args.checkpoint)
+    elif args.preset in PRESETS:
+        model = random_model(SonateConfig.preset(args.preset))
+    else:
+        raise SonateInputError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    result = bench_e2e(model, config)
+    print_e2e_report(result)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")

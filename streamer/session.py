@@ -152,6 +152,7 @@ class Session:
         """Whether the next chunk should be made now: within the lead, its phonemes final, someone to see it."""
         config = self.engine.config
         chunk_end = (self.next_chunk + 1) * self.engine.cfg.chunk_seconds
+        self.speech.feed()  # G2P for a bounded amount of the waiting text
         current = self.speech.current
         speaking = self.speech.pending or (current is not None and current.end_s > self.generation_front)
         lead = config.max_lead_chunks if speaking else config.idle_lead_chunks
@@ -160,9 +161,10 @@ class Session:
         if self.next_chunk > playing + lead:  # lead: chunks made beyond the one playing
             return False
         if self.speech.pending and self.speech.final_until() < chunk_end:
-            if now - self.last_text_at < config.lookahead_timeout_s:
+            if self.speech.unfed or now - self.last_text_at < config.lookahead_timeout_s:
                 return False
             self.speech.flush()  # the rest of a word never came: speak what there is
+            self.speech.feed()
         self.playout.expecting = speaking or self.viewers > 0
         return speaking or self.viewers > 0
 
@@ -191,6 +193,8 @@ class Session:
                 ttfa = time.monotonic() - self._text_first_pushed.get(key, time.monotonic())
                 self.engine.metrics.observe_ttfa(ttfa)
                 self._emit({"type": "speech.started", "text_start": key, "media_time": span[0], "ttfa_ms": ttfa * 1e3})
+            if utterance.interrupted:  # `input.interrupted` already told where it stopped
+                self._announced.add((key, "done"))
             finished = not utterance.pending and now_s >= span[1]
             if finished and (key, "started") in self._announced and (key, "done") not in self._announced:
                 self._announced.add((key, "done"))

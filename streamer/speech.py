@@ -18,17 +18,23 @@ from sonate.models.frontend import IncrementalFrontend, PhonemeTimeline
 
 MAX_PIECE_CHARS = 4096  # one push
 MAX_PENDING_CHARS = 16384  # text accepted but not yet spoken
+FEED_CHARS = 256  # text turned into phonemes per scheduler tick (~15 ms of G2P at most)
 
 
 @dataclass
 class Utterance:
     """Text spoken continuously: its frontend's timeline 0 sits at media time `offset_s`; session text offsets
-    of its characters start at `text_base`; nothing of it plays at or after `cut_s`."""
+    of its characters start at `text_base`; nothing of it plays at or after `cut_s`.
+
+    Accepted text waits in `unfed` until `feed` hands it to the frontend a bounded amount at a time, so a long
+    piece never holds the event loop in G2P for long."""
 
     offset_s: float
     text_base: int
     frontend: IncrementalFrontend
     cut_s: float = math.inf
+    unfed: str = ""
+    flush_requested: bool = False
 
     @property
     def timeline(self) -> PhonemeTimeline:
@@ -40,10 +46,39 @@ class Utterance:
         return min(self.offset_s + self.timeline.duration_s, self.cut_s)
 
     @property
+    def waiting_chars(self) -> int:
+        """Characters accepted but not yet phonemes."""
+        if self.cut_s != math.inf:
+            return 0
+        return len(self.unfed) + len(self.frontend.text) - self.frontend.committed_chars
+
+    @property
     def pending(self) -> bool:
         """Whether text was pushed that is not yet phonemes (a word or unit still arriving)."""
         frontend = self.frontend
-        return self.cut_s == math.inf and bool(frontend.text[frontend.committed_chars :].strip())
+        unspoken = self.unfed + frontend.text[frontend.committed_chars :]
+        return self.cut_s == math.inf and bool(unspoken.strip())
+
+    def feed(self, max_chars: int) -> None:
+        """Hand up to `max_chars` of the waiting text to the frontend, and the flush once all of it is in."""
+        if self.cut_s != math.inf:
+            return
+        piece, self.unfed = self.unfed[:max_chars], self.unfed[max_chars:]
+        if piece:
+            self.frontend.push(piece)
+        if self.flush_requested and not self.unfed:
+            self.frontend.flush()
+            self.flush_requested = False
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether a cut dropped some of its speech or text."""
+        if self.cut_s == math.inf:
+            return False
+        spoken = [p for p in self.timeline.phonemes if not p.is_pause]
+        speech_end = self.offset_s + spoken[-1].end_s if spoken else -math.inf
+        dropped = (self.unfed + self.frontend.text[self.frontend.committed_chars :]).strip()
+        return bool(dropped) or self.cut_s < speech_end
 
     @property
     def speech_span(self) -> tuple[float, float] | None:
@@ -71,6 +106,11 @@ class SpeechTrack:
         """Whether some accepted text is still waiting to become phonemes."""
         return self.current is not None and self.current.pending
 
+    @property
+    def unfed(self) -> bool:
+        """Whether accepted text has not yet reached the frontend (`feed` will take it)."""
+        return self.current is not None and self.current.cut_s == math.inf and bool(self.current.unfed)
+
     def push(self, piece: str, generation_front_s: float) -> tuple[int, int]:
         """Accept a piece of text; returns its [start, end) offsets in the session text.
 
@@ -82,21 +122,26 @@ class SpeechTrack:
         if len(piece) > MAX_PIECE_CHARS:
             raise SonateInputError(f"a text piece may hold at most {MAX_PIECE_CHARS} characters, got {len(piece)}")
         current = self.current
-        waiting = len(current.frontend.text) - current.frontend.committed_chars if current else 0
+        waiting = current.waiting_chars if current else 0
         if waiting + len(piece) > MAX_PENDING_CHARS:
             raise SonateInputError(f"more than {MAX_PENDING_CHARS} characters of text are waiting; send less at once")
         if current is None or current.cut_s != math.inf or (not current.pending and current.end_s < generation_front_s):
             current = Utterance(generation_front_s, len(self.text), IncrementalFrontend(voice=self.voice))
             self.utterances.append(current)
         start = len(self.text)
-        current.frontend.push(piece)
+        current.unfed += piece
         self.text += piece
         return start, len(self.text)
 
     def flush(self) -> None:
-        """Commit the text still waiting (a last word without a following space, say)."""
+        """Commit the text still waiting (a last word without a following space, say), once it is fed."""
         if self.current is not None and self.current.cut_s == math.inf:
-            self.current.frontend.flush()
+            self.current.flush_requested = True
+
+    def feed(self, max_chars: int = FEED_CHARS) -> None:
+        """Turn up to `max_chars` more of the waiting text into phonemes (G2P runs here)."""
+        if self.current is not None:
+            self.current.feed(max_chars)
 
     def final_until(self) -> float:
         """Media time (s) up to which the phonemes can no longer change."""

@@ -52,10 +52,10 @@ def _qkv(batch: int, heads: int, kv_heads: int, q_len: int, kv_len: int, head_di
     return q, k, v
 
 
-# Every query length meets every cache length, in both dtypes; group and head_dim cycle through their values so
-# each appears with short and long queries and caches. Three sequences of different fill share each launch.
+# Every query length meets every cache length, in both dtypes; GQA group and head_dim cycle so that every query
+# length sees both head dims and every pair (group, head_dim) occurs. Three sequences of different fill share a launch.
 CHUNK_CASES = [
-    (q_len, cache, [1, 2, 4][i % 3], [64, 128][(i // 3) % 2])
+    (q_len, cache, [1, 2, 4][i % 3], [64, 128][(i // 2) % 2])
     for i, (q_len, cache) in enumerate((q, c) for q in (1, 5, 17, 129) for c in (0, 1, 300))
 ]
 

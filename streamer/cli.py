@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 from sonate.models.errors import SonateInputError
+from sonate.streamer.cli_data import add_data_parser
+from sonate.streamer.cli_eval import add_eval_parser
 
 
 def _add_generate(commands: argparse._SubParsersAction) -> None:
@@ -157,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(commands)
     _add_serve(commands)
     _add_bench(commands)
+    add_data_parser(commands)
+    add_eval_parser(commands)
     return parser
 
 

@@ -20,9 +20,9 @@ from sonate.models.metrics import (
     transcribe,
     word_error_rate,
 )
-from sonate.models.metrics.cli import add_eval_parser
 from sonate.models.world import World, WorldConfig, make_world
-from sonate.models.world.cli import add_data_parser
+from sonate.streamer.cli_data import add_data_parser
+from sonate.streamer.cli_eval import add_eval_parser, checkpoint_system
 
 SMALL = WorldConfig(hours=0.02, seed=3, timbres=12, avatars=12, eval_fraction=0.15, clips_per_shard=8)
 SHIFT = 10  # frames, the control's audio delay
@@ -142,7 +142,8 @@ def test_data_make_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture
 
 @pytest.mark.slow
 def test_eval_a_checkpoint_through_generate_clip(world: World) -> None:
-    result = evaluate(world.root, "default", split="test", max_clips=1)
-    assert result["random_weights"] is True and result["clips"] == 1
+    system, random_weights = checkpoint_system("default", seed=0, steps=None)
+    result = evaluate(world.root, system, split="test", max_clips=1)
+    assert random_weights is True and result["clips"] == 1
     assert result["ground_truth"]["identity_error"] < 1e-3
     assert np.isfinite([result[k] for k in ("sync_confidence", "wer", "sim", "identity_error")]).all()

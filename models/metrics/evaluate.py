@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from sonate.models.world.dataset import ClipInfo, World
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GROUND_TRUTH", "evaluate", "format_report"]
+__all__ = ["GROUND_TRUTH", "GeneratedMedia", "SystemUnderTest", "evaluate", "format_report"]
 
 GROUND_TRUTH = "ground-truth"
 MEASURES = ("sync_offset", "sync_confidence", "wer", "sim", "identity_error")
@@ -72,26 +73,33 @@ def _summary(scores: list[dict], references: list[str]) -> dict:
     }
 
 
+@dataclass
+class GeneratedMedia:
+    """A system's clip: mono float32 audio at `sample_rate` Hz and uint8 RGB frames [N, H, W, 3] at `fps`."""
+
+    audio: np.ndarray
+    frames: np.ndarray
+    sample_rate: int
+    fps: int
+
+
+# makes the clip for (world, clip info, clip index): the system under test
+SystemUnderTest = Callable[[World, ClipInfo, int], GeneratedMedia]
+
+
 def evaluate(
     data: str | Path,
-    checkpoint: str = GROUND_TRUTH,
+    system: SystemUnderTest | None = None,
     split: str = "test",
     max_clips: int | None = None,
-    seed: int = 0,
-    steps: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Score ``checkpoint`` ("ground-truth", "default" or a checkpoint folder) on ``split`` of the world in
-    ``data``; returns the figures (see the module docstring) with per-clip details under ``clips``."""
+    """Score `system` (None: the data itself, ground truth) on ``split`` of the world in ``data``; returns the
+    figures (see the module docstring) with per-clip details under ``per_clip``."""
     world = World(data)
     infos = world.clips(split)[:max_clips]
     if not infos:
         raise SonateInputError(f"the {split} split of {world.root} has no clips; make a larger world")
-    model, random_weights = None, False
-    if checkpoint != GROUND_TRUTH:
-        from sonate.models.checkpoint import load_model
-
-        model, random_weights = load_model(None if checkpoint == "default" else Path(checkpoint))
     split_timbres = sorted({t.id for t in world.timbres.values() if t.split == split})
     split_avatars = sorted({a.id for a in world.avatars.values() if a.split == split})
     other = {ids[i]: ids[(i + 1) % len(ids)] for ids in (split_timbres, split_avatars) for i in range(len(ids))}
@@ -106,36 +114,23 @@ def evaluate(
         truth["identity_error_floor"] = identity_error(
             clip.frames, world.reference_image(other[info.avatar]), other_renderer.regions
         )["mean"]
-        if model is None:
-            system = truth
+        if system is None:
+            scores = truth
         else:
-            from sonate.streamer.clip import generate_clip
-
-            cfg = model.cfg
-            generated = generate_clip(
-                model,
-                info.text,
-                voice=world.reference_voice(info.timbre, "a", cfg.sample_rate),
-                avatar=world.reference_image(info.avatar, cfg.identity_image_size),
-                instruction=info.instruction,
-                seed=seed + n,
-                steps=steps,
-            )
-            system = _score(world, info, generated.audio, generated.frames, generated.sample_rate, generated.fps, refs)
+            media = system(world, info, n)
+            scores = _score(world, info, media.audio, media.frames, media.sample_rate, media.fps, refs)
         truth_scores.append(truth)
-        system_scores.append(system)
+        system_scores.append(scores)
         details.append(
             {"id": info.id, "timbre": info.timbre, "avatar": info.avatar, "words": info.words}
             | {f"truth_{k}": v for k, v in truth.items() if not k.startswith("_")}
-            | {k: v for k, v in system.items() if not k.startswith("_")}
+            | {k: v for k, v in scores.items() if not k.startswith("_")}
         )
         if progress:
             progress(n + 1, len(infos))
     references = [info.words for info in infos]
     truth_summary, system_summary = _summary(truth_scores, references), _summary(system_scores, references)
     return {
-        "checkpoint": checkpoint,
-        "random_weights": random_weights,
         "data": str(world.root),
         "split": split,
         "clips": len(infos),

@@ -10,8 +10,11 @@ import json
 from pathlib import Path
 
 from sonate.models.errors import SonateInputError
+from sonate.models.metrics.evaluate import GeneratedMedia, SystemUnderTest
+from sonate.models.world.dataset import ClipInfo, World
+from sonate.streamer.progress import ProgressBar
 
-__all__ = ["add_eval_parser"]
+__all__ = ["add_eval_parser", "checkpoint_system"]
 
 
 def add_eval_parser(subcommands: argparse._SubParsersAction) -> None:
@@ -39,7 +42,6 @@ def add_eval_parser(subcommands: argparse._SubParsersAction) -> None:
 
 def _run_eval(args: argparse.Namespace) -> None:
     from sonate.models.metrics.evaluate import GROUND_TRUTH, evaluate, format_report
-    from sonate.models.world.cli import ProgressBar
 
     if args.max_clips is not None and args.max_clips < 1:
         raise SonateInputError("--max-clips must be at least 1")
@@ -47,18 +49,43 @@ def _run_eval(args: argparse.Namespace) -> None:
         raise SonateInputError("--steps must be at least 1")
     if args.checkpoint not in (GROUND_TRUTH, "default") and not Path(args.checkpoint).is_dir():
         raise SonateInputError(f"--checkpoint {args.checkpoint!r} is not a folder, 'default' or 'ground-truth'")
+    system, random_weights = None, False
+    if args.checkpoint != GROUND_TRUTH:
+        system, random_weights = checkpoint_system(args.checkpoint, args.seed, args.steps)
     bar = ProgressBar("eval")
     result = evaluate(
         args.data,
-        args.checkpoint,
+        system,
         split=args.split,
         max_clips=args.max_clips,
-        seed=args.seed,
-        steps=args.steps,
         progress=lambda done, total: bar.update(done, total, "clips,"),
     )
     bar.close()
+    result = {"checkpoint": args.checkpoint, "random_weights": random_weights, **result}
     print(format_report(result))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def checkpoint_system(checkpoint: str, seed: int, steps: int | None) -> tuple[SystemUnderTest, bool]:
+    """The clip maker of a checkpoint ("default" or a folder) for `evaluate`, and whether its weights are random."""
+    from sonate.models.checkpoint import load_model
+    from sonate.streamer.clip import generate_clip
+
+    model, random_weights = load_model(None if checkpoint == "default" else Path(checkpoint))
+    cfg = model.cfg
+
+    def speak(world: World, info: ClipInfo, index: int) -> GeneratedMedia:
+        clip = generate_clip(
+            model,
+            info.text,
+            voice=world.reference_voice(info.timbre, "a", cfg.sample_rate),
+            avatar=world.reference_image(info.avatar, cfg.identity_image_size),
+            instruction=info.instruction,
+            seed=seed + index,
+            steps=steps,
+        )
+        return GeneratedMedia(clip.audio, clip.frames, clip.sample_rate, clip.fps)
+
+    return speak, random_weights

@@ -1,11 +1,11 @@
-# Quick start: `make demo` (set up, then generate a clip with the embedded default), `make test`.
+# Quick start: `make demo` (set up, then serve the demo page with the embedded default), `make test`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEMO_TEXT := Hello! I am sonate. I speak and move as the text arrives.
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint demo clip bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 demo: setup
+	$(BIN)/sonate serve --host 127.0.0.1 --port 8000
+
+clip: setup
 	$(BIN)/sonate generate --text "$(DEMO_TEXT)" --out out/demo.mp4
 
 bench: setup

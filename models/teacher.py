@@ -84,12 +84,12 @@ class MaskedAttention:
                 parts.append(per_token)
             tables.append(torch.cat(parts).to(device))
         self.cos, self.sin = tables
-        self.mask = layout.mask(cfg.window_chunks).to(device)
+        self.block_mask = kernels.block_causal_mask(layout, cfg.window_chunks)
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         q = kernels.apply_rope(q, self.cos, self.sin)
         k = kernels.apply_rope(k, self.cos, self.sin)
-        return kernels.masked_attention(q, k, v, self.mask)
+        return kernels.block_causal_attention(q, k, v, self.block_mask)
 
 
 def _run_starts(values: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from sonate.models.errors import SonateInputError
+from sonate.streamer.bench_kernels import add_bench_kernels_parser
 from sonate.streamer.cli_data import add_data_parser
 from sonate.streamer.cli_eval import add_eval_parser
 
@@ -126,6 +127,7 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     m.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     m.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     m.set_defaults(run=_run_bench_model)
+    add_bench_kernels_parser(targets)
 
 
 def _run_bench_model(args: argparse.Namespace) -> None:

@@ -3,14 +3,15 @@
 ```python
 client = SonateClient("http://127.0.0.1:8000")
 info = await client.create_session(instruction="a calm voice")
-async with ClientSession(client, info, record_to="reply.mp4") as session:
+async with ClientSession(client, info, ClientOptions(record_to="reply.mp4", reference=True)) as session:
     await session.stream_text("Hello there, how are you? ", words_per_second=30)
     await session.flush()
     await session.wait_for("speech.done")
+print(session.speech_latencies()[0].ttfa_ms)  # text sent → its first phoneme's audio received (ms)
 await client.delete_session(info.session_id)
 ```
 
-HTTP goes through `urllib` in a worker thread (no extra dependency), the websocket through `websockets`, and
+HTTP goes through `urllib` in a worker thread (`sonate.clients.http`), the websocket through `websockets`, and
 WebRTC through aiortc with recvonly audio and video transceivers, WHEP-style. Neither HTTP nor the websocket go
 through proxies: the media travel peer to peer over UDP anyway, so the server must be reachable directly. The
 protocol is docs/protocol.md; `sonate.streamer.protocol` frames the messages.
@@ -24,9 +25,7 @@ import json
 import logging
 import re
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
+from sonate.clients.http import SessionInfo, SonateClient, SonateClientError
 from sonate.clients.latency import MediaReference, SpeechLatency, measure_speech
 from sonate.clients.recorder import MediaRecorder
 from sonate.models.errors import SonateInputError
@@ -53,119 +53,12 @@ from sonate.streamer.protocol import (
 )
 from sonate.streamer.speech import MAX_PIECE_CHARS
 
+__all__ = ["ClientOptions", "ClientSession", "Event", "SessionInfo", "SonateClient", "SonateClientError", "TextPiece"]
+
 log = logging.getLogger(__name__)
 
-HTTP_TIMEOUT_S = 30.0  # one HTTP request, connection and answer (uploads are decoded before the answer)
 CONNECT_TIMEOUT_S = 15.0  # the websocket handshake plus `session.ready`, and WebRTC reaching "connected"
 WS_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # the largest message the client accepts (a JPEG frame is far smaller)
-
-
-class SonateClientError(SonateInputError):
-    """The server refused a request or cannot be reached; `status` is the HTTP status (None when unreachable)
-    and `code` the error code of the server's JSON body (`unreachable` when there was no answer)."""
-
-    def __init__(self, message: str, *, status: int | None = None, code: str = "unreachable") -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    """A session as `POST /v1/sessions` describes it."""
-
-    session_id: str
-    ws_url: str
-    whep_url: str
-    voice_id: str
-    avatar_id: str
-
-
-@dataclass(frozen=True)
-class Response:
-    """One HTTP answer: status, headers (lower-case names) and body."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> dict:
-        return json.loads(self.body)
-
-
-class SonateClient:
-    """The server's HTTP API at `base_url` (e.g. `http://127.0.0.1:8000`). Every method raises
-    SonateClientError with the server's error code and message when a request is refused."""
-
-    def __init__(self, base_url: str, timeout_s: float = HTTP_TIMEOUT_S) -> None:
-        parsed = urllib.parse.urlsplit(base_url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise SonateClientError(f"the server URL must look like http://host:port, got {base_url!r}", code="bad_url")
-        self.base_url = base_url.rstrip("/")
-        self.timeout_s = timeout_s
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-    async def health(self) -> dict:
-        """`GET /healthz`: status, sessions, source and the media format (sample_rate, fps, width, height)."""
-        return (await self.request("GET", "/healthz")).json()
-
-    async def create_session(
-        self,
-        voice_id: str | None = None,
-        avatar_id: str | None = None,
-        instruction: str = "",
-        seed: int | None = None,
-    ) -> SessionInfo:
-        """Open a session (voice and avatar default to the server's built-in ones)."""
-        body: dict[str, object] = {"instruction": instruction}
-        for name, value in (("voice_id", voice_id), ("avatar_id", avatar_id), ("seed", seed)):
-            if value is not None:
-                body[name] = value
-        data = (await self.request("POST", "/v1/sessions", json.dumps(body).encode(), "application/json")).json()
-        return SessionInfo(data["session_id"], data["ws_url"], data["whep_url"], data["voice_id"], data["avatar_id"])
-
-    async def describe_session(self, session_id: str) -> dict:
-        """`GET /v1/sessions/{id}`: connections, playback position, media seconds and underruns."""
-        return (await self.request("GET", f"/v1/sessions/{_quote(session_id)}")).json()
-
-    async def delete_session(self, session_id: str) -> None:
-        """End a session; its websockets and viewers are closed by the server."""
-        await self.request("DELETE", f"/v1/sessions/{_quote(session_id)}")
-
-    async def upload_voice(self, data: bytes) -> str:
-        """Upload a reference voice clip (WAV, FLAC, MP3, OGG; 0.5 to 30 s) to clone; returns its voice id."""
-        return (await self.request("POST", "/v1/voices", data, "application/octet-stream")).json()["voice_id"]
-
-    async def upload_avatar(self, data: bytes) -> str:
-        """Upload a reference avatar picture (PNG or JPEG); returns its avatar id."""
-        return (await self.request("POST", "/v1/avatars", data, "application/octet-stream")).json()["avatar_id"]
-
-    async def request(
-        self, method: str, path_or_url: str, body: bytes | None = None, content_type: str | None = None
-    ) -> Response:
-        """One HTTP request (a path on the server, or an absolute URL); a status ≥ 400 raises SonateClientError."""
-        url = path_or_url if "://" in path_or_url else self.base_url + path_or_url
-        return await asyncio.to_thread(self._request, method, url, body, content_type)
-
-    def _request(self, method: str, url: str, body: bytes | None, content_type: str | None) -> Response:
-        request = urllib.request.Request(url, data=body, method=method)
-        if content_type is not None:
-            request.add_header("Content-Type", content_type)
-        try:
-            with self._opener.open(request, timeout=self.timeout_s) as answer:
-                headers = {name.lower(): value for name, value in answer.headers.items()}
-                return Response(answer.status, headers, answer.read())
-        except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            code, message = f"http_{exc.code}", raw.decode("utf-8", "replace")[:200] or exc.reason
-            with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
-                error = json.loads(raw)["error"]
-                code, message = error["code"], error["message"]
-            raise SonateClientError(f"{method} {url}: {exc.code} {code}: {message}", status=exc.code,
-                                    code=code) from None  # fmt: skip
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise SonateClientError(f"cannot reach the sonate server at {self.base_url}: {reason}") from None
 
 
 @dataclass
@@ -501,7 +394,3 @@ class ClientSession:
                 f"WebRTC did not connect within {self.options.connect_timeout_s:g} s: is UDP to the server open?",
                 code="webrtc_timeout",
             ) from None
-
-
-def _quote(segment: str) -> str:
-    return urllib.parse.quote(segment, safe="")

@@ -79,7 +79,8 @@ class E2EConfig:
 
     source: the media source of the speech phase ("model", or "clapper" to leave the model out);
     tokens_per_second: words sent per second within a sentence; sync_seconds: seconds each client watches the
-    clapper in the sync phase (0 skips it); warmup: run one untimed session first.
+    clapper in the sync phase (0 skips it); warmup: run one untimed session first; threads: the engine's torch
+    CPU threads (`EngineConfig.threads`).
     """
 
     sessions: int = 1
@@ -88,12 +89,15 @@ class E2EConfig:
     tokens_per_second: float = TOKENS_PER_SECOND
     sync_seconds: float = SYNC_SECONDS
     warmup: bool = True
+    threads: int | None = EngineConfig.threads
 
     def check(self) -> None:
         if self.sessions < 1:
             raise SonateInputError(f"--sessions must be at least 1, got {self.sessions}")
         if self.seconds <= 0 or self.tokens_per_second <= 0 or self.sync_seconds < 0:
             raise SonateInputError("--seconds and --tokens-per-second must be positive, --sync-seconds not negative")
+        if self.threads is not None and self.threads < 1:
+            raise SonateInputError(f"--threads must be at least 1, got {self.threads}")
         if self.source not in SOURCES:
             raise SonateInputError(f"unknown source {self.source!r}; choose one of {', '.join(SOURCES)}")
 
@@ -158,7 +162,7 @@ def bench_e2e(model: SonateModel, config: E2EConfig) -> dict:
     load_before = os.getloadavg()  # other work on the machine skews every figure: say how busy it was
     spawn = multiprocessing.get_context("spawn")  # a fork would copy the server's threads and locks
     with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as clients:
-        engine = Engine(model, EngineConfig(max_sessions=config.sessions, source=config.source))
+        engine = Engine(model, EngineConfig(max_sessions=config.sessions, source=config.source, threads=config.threads))
         with local_server(engine) as server:
             if config.warmup:
                 warmup = E2EConfig(seconds=0.1, tokens_per_second=config.tokens_per_second, sync_seconds=0)
@@ -303,6 +307,7 @@ def _report(model: SonateModel, config: E2EConfig, speech: dict, sync: dict, loa
         "seconds": config.seconds,
         "source": config.source,
         "tokens_per_second": config.tokens_per_second,
+        "engine_threads": config.threads,
         "turn_gap_s": TURN_GAP_S,
         "stagger_s": STAGGER_S,
         "preset": preset_name(cfg),
@@ -366,7 +371,6 @@ def _machine() -> dict:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "load_average": list(os.getloadavg()),  # 1, 5 and 15 minutes, at the end of the run
-        "engine_torch_threads": EngineConfig().threads,
         "versions": versions,
     }
 
@@ -383,7 +387,7 @@ def print_e2e_report(result: dict) -> None:
     rows = [
         ("setup", f"{result['sessions']} session(s) × ~{result['seconds']:g} s, source {result['source']}, "
                   f"preset {result['preset']} ({result['params'] / 1e6:.2f} M params), "
-                  f"text at {result['tokens_per_second']:g} words/s"),
+                  f"{result['engine_threads']} torch thread(s), text at {result['tokens_per_second']:g} words/s"),
         ("machine", f"{machine['cpu_count']} CPUs, load {machine['load_average_before'][0]:.2f} before the run, "
                     f"torch {machine['versions'].get('torch')}, aiortc {machine['versions'].get('aiortc')}"),
         ("utterances", f"{result['utterances']} ({result['utterances_located']} located in the WebRTC media)"),
@@ -431,6 +435,8 @@ def add_bench_e2e_parser(bench_subcommands: argparse._SubParsersAction) -> argpa
                    help=f"words sent per second within a sentence (default {TOKENS_PER_SECOND:g})")  # fmt: skip
     p.add_argument("--sync-seconds", type=float, default=SYNC_SECONDS,
                    help=f"seconds of the clapper phase (A/V offset; default {SYNC_SECONDS:g}; 0 skips)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=EngineConfig.threads,
+                   help=f"the engine's torch CPU threads (default {EngineConfig.threads})")  # fmt: skip
     p.set_defaults(run=run_bench_e2e)
     return p
 
@@ -440,7 +446,9 @@ def run_bench_e2e(args: argparse.Namespace) -> None:
     from sonate.models.checkpoint import from_pretrained, random_model
     from sonate.models.config import SonateConfig
 
-    config = E2EConfig(args.sessions, args.seconds, args.source, args.tokens_per_second, args.sync_seconds)
+    config = E2EConfig(
+        args.sessions, args.seconds, args.source, args.tokens_per_second, args.sync_seconds, threads=args.threads
+    )
     config.check()
     if args.checkpoint is not None:
         model = from_pretrained(args.checkpoint)

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 from sonate.models.errors import SonateInputError
+from sonate.clients.say import add_say_parser
+from sonate.streamer.bench_e2e import add_bench_e2e_parser
 from sonate.streamer.bench_kernels import add_bench_kernels_parser
 from sonate.streamer.cli_data import add_data_parser
 from sonate.streamer.cli_eval import add_eval_parser
@@ -127,6 +129,7 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     m.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     m.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     m.set_defaults(run=_run_bench_model)
+    add_bench_e2e_parser(targets)
     add_bench_kernels_parser(targets)
 
 
@@ -161,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(commands)
     _add_serve(commands)
     _add_bench(commands)
+    add_say_parser(commands)
     add_data_parser(commands)
     add_eval_parser(commands)
     return parser

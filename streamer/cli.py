@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from sonate.models.errors import SonateInputError
 from sonate.clients.say import add_say_parser
+from sonate.models.errors import SonateInputError
 from sonate.streamer.bench_e2e import add_bench_e2e_parser
 from sonate.streamer.bench_kernels import add_bench_kernels_parser
 from sonate.streamer.cli_data import add_data_parser

@@ -78,10 +78,6 @@ class EngineMetrics:
         self.media_seconds += media_seconds
         self.chunk_seconds = [*self.chunk_seconds[-999:], seconds]
 
-    def recent_batch_seconds(self) -> float:
-        """The slowest of the last 10 batches' compute times (s); 0 before the first."""
-        return max(self.chunk_seconds[-10:], default=0.0)
-
     def observe_ttfa(self, seconds: float) -> None:
         self.ttfa_seconds = [*self.ttfa_seconds[-999:], seconds]
 

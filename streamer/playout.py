@@ -157,14 +157,13 @@ class Playout:
         self.advance()
         return self._chunk_at(max(self.position - 1, 0)) if self.chunks else None
 
-    def drop_unplayed(self, keep_seconds: float = 0.0) -> float:
-        """Forget every chunk after the one playing now, except those starting within `keep_seconds` of its end;
-        returns the media time (s) where new media must start."""
+    def drop_unplayed(self) -> float:
+        """Forget every chunk after the one playing now; returns the media time (s) where new media must start."""
         playing = self.playing_chunk()
         keep_until = _ticks(playing.end) if playing is not None else self.position
-        while self.chunks and _ticks(self.chunks[-1].pts) >= keep_until + _ticks(keep_seconds):
+        while self.chunks and _ticks(self.chunks[-1].pts) >= keep_until:
             self.chunks.pop()
-        return self.buffered_until * TICK if self.chunks else keep_until * TICK
+        return keep_until * TICK
 
     def _chunk_at(self, position: int) -> AVChunk:
         for chunk in self.chunks:

@@ -81,10 +81,7 @@ class Session:
         current = self.speech.current
         if playing is None or (current is not None and (current.pending or current.end_s > playing.end)):
             return
-        # keep one silent chunk if the playing one ends before a speech chunk could be made (no underrun)
-        left_s = playing.end - self.playout.position_seconds
-        keep_s = 0.0 if left_s > 2 * self.engine.metrics.recent_batch_seconds() else self.engine.cfg.chunk_seconds
-        chunk = round(self.playout.drop_unplayed(keep_s) / self.engine.cfg.chunk_seconds)
+        chunk = round(self.playout.drop_unplayed() / self.engine.cfg.chunk_seconds)
         if chunk < self.next_chunk:
             self.epoch += 1
             self.next_chunk = chunk

@@ -61,7 +61,6 @@ class Session:
     def push_text(self, piece: str) -> tuple[int, int]:
         """Accept a piece of text (a word, an LLM token, a sentence); returns its [start, end) text offsets."""
         self._check_open()
-        self._drop_silent_lead()
         span = self.speech.push(piece, self.generation_front)
         self.last_text_at = time.monotonic()
         self._text_first_pushed.setdefault(self.speech.current.text_base, self.last_text_at)
@@ -73,19 +72,6 @@ class Session:
         self._check_open()
         self.speech.flush()
         self.engine.wake()
-
-    def _drop_silent_lead(self) -> None:
-        """Text arrives while the media made ahead of the playing chunk is silence: drop that media and roll the
-        model back, so the speech starts right after the playing chunk instead of after the idle lead."""
-        playing = self.playout.playing_chunk()
-        current = self.speech.current
-        if playing is None or (current is not None and (current.pending or current.end_s > playing.end)):
-            return
-        chunk = round(self.playout.drop_unplayed() / self.engine.cfg.chunk_seconds)
-        if chunk < self.next_chunk:
-            self.epoch += 1
-            self.next_chunk = chunk
-            self.engine.request_rollback(self, chunk)
 
     def interrupt(self) -> Interruption:
         """Barge-in: drop media not yet playing, clear waiting text, roll the model back to the playing chunk."""

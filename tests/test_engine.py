@@ -188,21 +188,3 @@ async def test_waiting_text_is_dropped_by_an_interrupt() -> None:
             session.push_text("z" * 4000)
         session.interrupt()
         session.push_text("Hi ")  # the dropped text no longer counts
-
-
-async def test_speech_after_silence_starts_right_after_the_playing_chunk() -> None:
-    """Text that arrives while the avatar idles replaces the silent lead instead of queueing behind it."""
-    async with small_engine(idle_lead_chunks=2) as engine:
-        session = await engine.open_session(seed=7)
-        chunks, events = [], []
-        tasks = await collect(session, chunks, events)
-        await wait_for(lambda: session.next_chunk >= 4)
-        playing = session.playout.playing_chunk().index
-        assert session.next_chunk > playing + 1  # idle media made ahead
-        session.push_text("Now I speak.")
-        session.flush()
-        await wait_for(lambda: any(c.text_start >= 0 for c in chunks))
-        first_speech = next(c for c in chunks if c.text_start >= 0)
-        assert first_speech.index <= playing + 1
-        for task in tasks:
-            task.cancel()

@@ -162,17 +162,9 @@ def _ms(value: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m sonate.clients.say ...`: the `say` subcommand alone, with the `sonate` exit statuses."""
-    logging.basicConfig(level=logging.WARNING, format="sonate: %(message)s")
-    parser = argparse.ArgumentParser(prog="sonate")
-    add_say_parser(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(["say", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        args.run(args)
-    except SonateInputError as exc:
-        print(f"sonate: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    from sonate.streamer.cli import main as sonate_main
+
+    sonate_main(["say", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -281,7 +281,12 @@ def print_model_report(result: dict) -> None:
                           f"recomputing {context} chunks of context, "
                           f"{result['cached_chunk_ms']:.1f} ms cached; ({context}+1)/2 = {(context + 1) / 2:g})"),
     ]  # fmt: skip
+    print_rows(f"sonate model bench — {result['timestamp']}", rows)
+
+
+def print_rows(title: str, rows: list[tuple[str, str]]) -> None:
+    """Print a benchmark report: a title, then one aligned `name  text` line per figure."""
     width = max(len(name) for name, _ in rows)
-    print(f"sonate model bench — {result['timestamp']}")
+    print(title)
     for name, text in rows:
         print(f"  {name:<{width}}  {text}")

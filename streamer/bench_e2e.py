@@ -46,7 +46,7 @@ from sonate.clients.latency import SpeechLatency
 from sonate.models.config import PRESETS
 from sonate.models.errors import SonateInputError
 from sonate.models.transformer import SonateModel
-from sonate.streamer.bench import preset_name
+from sonate.streamer.bench import preset_name, print_rows
 from sonate.streamer.clapper import av_offsets, beep_times, flash_times
 from sonate.streamer.engine import SOURCES, Engine, EngineConfig
 from sonate.streamer.server import ServerConfig, create_app
@@ -408,10 +408,7 @@ def print_e2e_report(result: dict) -> None:
                           f"max {ms('av_offset_ms_max')}   over {result['av_claps']} claps (by pts; "
                           f"arrival: audio {ms('av_arrival_offset_ms_p50')} ms after video, p50)"),
     ]  # fmt: skip
-    width = max(len(name) for name, _ in rows)
-    print(f"sonate e2e bench — {result['timestamp']}")
-    for name, text in rows:
-        print(f"  {name:<{width}}  {text}")
+    print_rows(f"sonate e2e bench — {result['timestamp']}", rows)
 
 
 def add_bench_e2e_parser(bench_subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -29,7 +29,7 @@ from sonate.streamer import prometheus
 from sonate.streamer.engine import Engine, EngineFull
 from sonate.streamer.playout import TICK
 from sonate.streamer.protocol import ProtocolError, SessionCreate, error_body
-from sonate.streamer.registry import Hosted, NotFound, Registry, StorageFull, UnknownReference
+from sonate.streamer.registry import Hosted, Library, NotFound, Registry, StorageFull, UnknownReference
 from sonate.streamer.websocket import SocketConnection
 
 log = logging.getLogger(__name__)
@@ -264,25 +264,22 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     async def list_avatars() -> dict:
         return {"avatars": registry.avatars.describe()}
 
-    @app.delete("/v1/voices/{voice_id}", status_code=204)
-    async def delete_voice(voice_id: str) -> Response:
+    def remove_reference(store: Library, reference_id: str) -> Response:
         try:
-            registry.voices.remove(voice_id)
+            store.remove(reference_id)
         except NotFound as exc:
             raise ApiError(404, exc.code, exc.message) from None
         except SonateInputError as exc:
             raise ApiError(409, "builtin_reference", str(exc)) from None
         return Response(status_code=204)
 
+    @app.delete("/v1/voices/{voice_id}", status_code=204)
+    async def delete_voice(voice_id: str) -> Response:
+        return remove_reference(registry.voices, voice_id)
+
     @app.delete("/v1/avatars/{avatar_id}", status_code=204)
     async def delete_avatar(avatar_id: str) -> Response:
-        try:
-            registry.avatars.remove(avatar_id)
-        except NotFound as exc:
-            raise ApiError(404, exc.code, exc.message) from None
-        except SonateInputError as exc:
-            raise ApiError(409, "builtin_reference", str(exc)) from None
-        return Response(status_code=204)
+        return remove_reference(registry.avatars, avatar_id)
 
     return app
 

@@ -49,7 +49,6 @@ class Session:
         self.viewers = 0
         self.closed = False
         self.last_text_at = -math.inf  # monotonic time of the last text piece
-        self.created_at = time.monotonic()
         self.references: tuple[str, Any, Any] = ("", None, None)  # instruction, voice, avatar as opened
         self._subscribers: list[asyncio.Queue[Any]] = []
         self._event_queues: list[asyncio.Queue[dict]] = []

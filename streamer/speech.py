@@ -46,18 +46,19 @@ class Utterance:
         return min(self.offset_s + self.timeline.duration_s, self.cut_s)
 
     @property
+    def unphonemized(self) -> str:
+        """Text accepted but not yet phonemes: what the frontend holds back, then what it has not been fed."""
+        return self.frontend.text[self.frontend.committed_chars :] + self.unfed
+
+    @property
     def waiting_chars(self) -> int:
-        """Characters accepted but not yet phonemes."""
-        if self.cut_s != math.inf:
-            return 0
-        return len(self.unfed) + len(self.frontend.text) - self.frontend.committed_chars
+        """Characters accepted but not yet phonemes (none after a cut: it dropped them)."""
+        return len(self.unphonemized) if self.cut_s == math.inf else 0
 
     @property
     def pending(self) -> bool:
         """Whether text was pushed that is not yet phonemes (a word or unit still arriving)."""
-        frontend = self.frontend
-        unspoken = self.unfed + frontend.text[frontend.committed_chars :]
-        return self.cut_s == math.inf and bool(unspoken.strip())
+        return self.cut_s == math.inf and bool(self.unphonemized.strip())
 
     def feed(self, max_chars: int) -> None:
         """Hand up to `max_chars` of the waiting text to the frontend, and the flush once all of it is in."""
@@ -77,8 +78,7 @@ class Utterance:
             return False
         spoken = [p for p in self.timeline.phonemes if not p.is_pause]
         speech_end = self.offset_s + spoken[-1].end_s if spoken else -math.inf
-        dropped = (self.unfed + self.frontend.text[self.frontend.committed_chars :]).strip()
-        return bool(dropped) or self.cut_s < speech_end
+        return bool(self.unphonemized.strip()) or self.cut_s < speech_end
 
     @property
     def speech_span(self) -> tuple[float, float] | None:

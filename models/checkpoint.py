@@ -1,14 +1,16 @@
-"""Checkpoints: a directory with `config.json` and `model.safetensors`."""
+"""Checkpoints: a directory with `config.json`, `model.safetensors` (the transformer) and the codec files."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from sonate.models.config import SonateConfig
+from sonate.models.decoders import Codecs
 from sonate.models.errors import SonateInputError
 from sonate.models.transformer import SonateModel
 
@@ -18,13 +20,14 @@ DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default"
 RANDOM_SEED = 0  # weights of the stand-in model used while no default checkpoint is shipped
 
 
-def save_pretrained(model: SonateModel, directory: str | Path) -> None:
-    """Write `config.json` and `model.safetensors` into `directory` (created if missing)."""
+def save_pretrained(model: SonateModel, directory: str | Path, codecs: Codecs | None = None) -> None:
+    """Write `config.json`, `model.safetensors` and the codecs (default: seeded random ones) into `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.cfg.save(directory / "config.json")
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
     save_file(state, directory / "model.safetensors")
+    (codecs or Codecs.random(model.cfg)).save(directory)
 
 
 def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> SonateModel:
@@ -63,14 +66,25 @@ def random_model(cfg: SonateConfig, seed: int = RANDOM_SEED) -> SonateModel:
     return model.to(dtype=getattr(torch, cfg.dtype)).eval()
 
 
-def load_model(checkpoint: str | Path | None, device: str | torch.device = "cpu") -> tuple[SonateModel, bool]:
-    """The model of `checkpoint`, or the embedded default when None; also says whether its weights are random.
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the transformer, its codecs, and whether the weights are the random stand-in."""
 
-    While no default checkpoint is shipped, the default is a seeded random `tiny` model.
+    model: SonateModel
+    codecs: Codecs
+    random_weights: bool = False
+
+
+def load_checkpoint(checkpoint: str | Path | None, device: str | torch.device = "cpu") -> Checkpoint:
+    """The checkpoint in folder `checkpoint`, or the embedded default when None.
+
+    Without a shipped default (a source tree where it was removed), the default is a seeded random `tiny`
+    model with random codecs, and a warning says so.
     """
-    if checkpoint is not None:
-        return from_pretrained(checkpoint, device), False
-    if (DEFAULT_CHECKPOINT / "config.json").is_file():
-        return from_pretrained(DEFAULT_CHECKPOINT, device), False
-    log.warning("no default checkpoint is shipped yet: using a seeded random tiny model")
-    return random_model(SonateConfig.preset("tiny")).to(device), True
+    directory = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+    if checkpoint is None and not (directory / "config.json").is_file():
+        log.warning("no default checkpoint is shipped: using a seeded random tiny model")
+        cfg = SonateConfig.preset("tiny")
+        return Checkpoint(random_model(cfg).to(device), Codecs.random(cfg), random_weights=True)
+    model = from_pretrained(directory, device)
+    return Checkpoint(model, Codecs.load(directory, model.cfg))

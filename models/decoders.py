@@ -1,80 +1,73 @@
-"""Streaming decoders from latents to media, chunk by chunk with carried state and no seam.
+"""A checkpoint's codecs: the streaming decoders from latents to media and the encoders that define the latents.
 
-These are the fixed, parameter-free decoders that the model's latent spaces are defined by until learned
-decoders replace them: audio latents are log band amplitudes of mel-spaced sinusoids, video latents are
-low-resolution RGB logits. Both decode a clip chunk by chunk exactly as they decode it whole.
+Audio latents are normalised log-mel frames (`audio_codec.MelEncoder`, inverted by the streaming
+`audio_codec.Vocoder`); video latents come from a small autoencoder (`video_codec`). A checkpoint stores them
+as `vocoder.safetensors`, `video_encoder.safetensors` and `video_decoder.safetensors` beside the transformer.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
 
+from sonate.models.audio_codec import Vocoder
 from sonate.models.config import SonateConfig
+from sonate.models.errors import SonateInputError
+from sonate.models.video_codec import VideoDecoder, VideoEncoder
+
+CODEC_FILES = {"vocoder": "vocoder.safetensors", "video_encoder": "video_encoder.safetensors",
+               "video_decoder": "video_decoder.safetensors"}  # fmt: skip
 
 
 @dataclass
-class AudioDecoderState:
-    """What the audio decoder carries between chunks: samples already decoded and the last frame's gains."""
+class Codecs:
+    """The vocoder (audio latents ↔ waveform; its `encoder` makes latents) and the video autoencoder."""
 
-    samples: int
-    gains: Tensor  # [B, bands]
+    vocoder: Vocoder
+    video_encoder: VideoEncoder
+    video_decoder: VideoDecoder
 
+    @classmethod
+    def random(cls, cfg: SonateConfig, seed: int = 0) -> Codecs:
+        """Untrained codecs with seeded weights (for speed work and tests), frozen for inference; the global
+        random state is kept."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            modules = (Vocoder(cfg), VideoEncoder(cfg), VideoDecoder(cfg))
+        return cls(*(module.eval().requires_grad_(False) for module in modules))
 
-class BandVocoder:
-    """Audio latents [B, F, bands] → waveform [B, F·hop] by additive synthesis.
+    @classmethod
+    def load(cls, directory: str | Path, cfg: SonateConfig) -> Codecs:
+        """Read the codecs of a checkpoint folder; a missing or misshapen file is an input error."""
+        codecs = cls.random(cfg)
+        for name, file in CODEC_FILES.items():
+            path = Path(directory) / file
+            if not path.is_file():
+                raise SonateInputError(f"checkpoint {directory} has no {file}")
+            module: nn.Module = getattr(codecs, name)
+            try:
+                module.load_state_dict(load_file(str(path)))
+            except RuntimeError as error:
+                raise SonateInputError(f"{path} does not fit the checkpoint's config: {error}") from error
+        return codecs
 
-    Band b is a sinusoid at the centre of mel band b with amplitude exp(latent) · `gain`, interpolated
-    linearly across each hop from the previous frame's amplitude. The phase is a function of the absolute
-    sample index, so chunked decoding equals whole decoding.
-    """
+    def save(self, directory: str | Path) -> None:
+        """Write the three codec files into `directory` (created if missing)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, file in CODEC_FILES.items():
+            state = getattr(self, name).state_dict()
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(directory / file))
 
-    gain = 0.02
+    @torch.no_grad()
+    def encode_audio(self, wave: Tensor) -> Tensor:
+        """Waveform [B, samples] at the model's rate → audio latents [B, samples // hop, audio_latent_dim]."""
+        return self.vocoder.encoder(wave.float())
 
-    def __init__(self, cfg: SonateConfig) -> None:
-        self.cfg = cfg
-        mel_max = 2595.0 * math.log10(1.0 + (cfg.sample_rate / 2) / 700.0)
-        mel = torch.linspace(0, mel_max, cfg.audio_latent_dim + 2, dtype=torch.float64)[1:-1]
-        self.freqs = 700.0 * (10.0 ** (mel / 2595.0) - 1.0)  # [bands] Hz
-
-    def init_state(self, batch: int) -> AudioDecoderState:
-        """The state before the first chunk: silence."""
-        return AudioDecoderState(0, torch.zeros(batch, self.cfg.audio_latent_dim))
-
-    def decode(self, latents: Tensor, state: AudioDecoderState) -> tuple[Tensor, AudioDecoderState]:
-        """Decode the next frames; returns float32 samples in [-1, 1] [B, F·hop] and the new state."""
-        hop = self.cfg.audio_hop
-        gains = torch.exp(latents.float().clamp(-12.0, 4.0)).cpu() * self.gain  # [B, F, bands]
-        previous = torch.cat((state.gains[:, None], gains[:, :-1]), dim=1)
-        ramp = (torch.arange(hop, dtype=torch.float32) + 1) / hop  # [hop]
-        per_sample = previous[:, :, None] + (gains - previous)[:, :, None] * ramp[:, None]  # [B, F, hop, bands]
-        index = state.samples + torch.arange(latents.shape[1] * hop, dtype=torch.float64)
-        phase = torch.remainder(index[:, None] * self.freqs / self.cfg.sample_rate, 1.0) * (2 * math.pi)
-        waves = torch.sin(phase).float()  # [F·hop, bands]
-        audio = (per_sample.flatten(1, 2) * waves).sum(-1).clamp(-1.0, 1.0)
-        return audio, AudioDecoderState(state.samples + audio.shape[1], gains[:, -1])
-
-
-class PixelVideoDecoder:
-    """Video latents [B, F, C, h, w] → RGB frames [B, F·frames_per_latent, H, W, 3] uint8.
-
-    The first three channels are RGB logits on the latent grid, upsampled bilinearly; each latent frame is
-    shown for `video_frames_per_latent` frames. Stateless, so chunks decode exactly as the whole.
-    """
-
-    def __init__(self, cfg: SonateConfig) -> None:
-        self.cfg = cfg
-
-    def decode(self, latents: Tensor) -> Tensor:
-        """Decode whole latent frames into uint8 frames."""
-        cfg = self.cfg
-        b, f = latents.shape[:2]
-        rgb = torch.sigmoid(latents[:, :, :3].float().flatten(0, 1))
-        rgb = F.interpolate(rgb, size=(cfg.video_height, cfg.video_width), mode="bilinear", align_corners=False)
-        frames = (rgb * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-        frames = frames.unflatten(0, (b, f)).repeat_interleave(cfg.video_frames_per_latent, dim=1)
-        return frames.cpu()
+    def encode_video(self, frames: Tensor) -> Tensor:
+        """uint8 frames [B, N, H, W, 3] → video latents [B, N / video_frames_per_latent, C, h, w]."""
+        return self.video_encoder.encode(frames)

@@ -55,11 +55,12 @@ def chunk_noise(cfg: SonateConfig, seeds: list[int], chunks: list[int]) -> tuple
 
 
 def chunk_phonemes(cfg: SonateConfig, timelines: list[PhonemeSource], first_chunk: int, chunks: int) -> ChunkPhonemes:
-    """Phoneme and speaker ids at the centre time of every token of chunks [first_chunk, first_chunk + chunks)."""
+    """Phoneme and speaker ids of chunks [first_chunk, first_chunk + chunks): at the centre time of every audio
+    latent frame and of every video frame."""
     audio_index = np.arange(first_chunk * cfg.chunk_audio_latents, (first_chunk + chunks) * cfg.chunk_audio_latents)
-    video_index = np.arange(first_chunk * cfg.chunk_video_latents, (first_chunk + chunks) * cfg.chunk_video_latents)
+    video_index = np.arange(first_chunk * cfg.chunk_video_frames, (first_chunk + chunks) * cfg.chunk_video_frames)
     audio_times = (audio_index + 0.5) * cfg.audio_hop / cfg.sample_rate
-    video_times = (video_index + 0.5) * cfg.video_frames_per_latent / cfg.video_fps
+    video_times = (video_index + 0.5) / cfg.video_fps
     audio = [timeline.sample(audio_times) for timeline in timelines]
     video = [timeline.sample(video_times) for timeline in timelines]
     return ChunkPhonemes(
@@ -221,3 +222,60 @@ class ChunkStream:
         """Forget the chunks of `slots` (default: all) from `chunk` on; their next chunk is `chunk` again."""
         slots = list(range(self.capacity)) if slots is None else slots
         self.cache.rollback(chunk, self.rows(slots))
+
+
+class RecomputeStream:
+    """Generates chunks like `ChunkStream`, but with no KV cache: every Euler step re-runs the teacher-forcing
+    one-pass forward over the prefix and every chunk generated so far (`window` chunks of context; None for all).
+
+    With the default window this is the offline reference the streaming path must equal; with no window it is
+    the "recompute everything" baseline whose cost grows with the stream. Batch = the rows of `cond`.
+    """
+
+    def __init__(
+        self,
+        model: SonateModel,
+        cond: Conditioning,
+        seeds: list[int],
+        guidance: Guidance,
+        steps: int | None = None,
+        window: int | None = -1,  # -1: the model's window
+    ) -> None:
+        cfg = model.cfg
+        self.window = cfg.window_chunks if window == -1 else window
+        self.model, self.cfg, self.seeds, self.guidance = model, cfg, seeds, guidance
+        self.schedule = flow_timesteps(steps or cfg.steps, cfg.shift)
+        self.cond = cond
+        if guidance.enabled:
+            self.cond = Conditioning.cat([cond, negative_conditioning(cfg, cond, seeds)])
+        param = next(model.parameters())
+        self.audio = torch.zeros(len(seeds), 0, cfg.audio_latent_dim, device=param.device, dtype=param.dtype)
+        self.video = torch.zeros(
+            len(seeds), 0, cfg.video_latent_channels, cfg.video_latent_height, cfg.video_latent_width,
+            device=param.device, dtype=param.dtype,
+        )  # fmt: skip
+        self.phonemes: ChunkPhonemes | None = None
+
+    @torch.no_grad()
+    def generate(self, phonemes: ChunkPhonemes) -> tuple[Tensor, Tensor]:
+        """Make the next chunk of every row: clean audio latents [B, Fa, Ca], video [B, Fv, C, h, w]."""
+        from sonate.models.teacher import teacher_forward
+
+        cfg, model, branches = self.cfg, self.model, 2 if self.guidance.enabled else 1
+        chunk = self.audio.shape[1] // cfg.chunk_audio_latents
+        history = phonemes if self.phonemes is None else ChunkPhonemes.cat([self.phonemes, phonemes], dim=1)
+        noise = chunk_noise(cfg, self.seeds, [chunk] * len(self.seeds))
+        audio, video = (x.to(self.audio) for x in noise)
+        prefix = model.conditioning(self.cond)
+        clean = (self.audio.repeat(branches, 1, 1), self.video.repeat(branches, 1, 1, 1, 1))
+        clean_ids, noisy_ids = history.select(0, chunk, cfg).repeat(branches), phonemes.repeat(branches)
+        for t, t_next in zip(self.schedule[:-1].tolist(), self.schedule[1:].tolist(), strict=True):
+            noisy = (audio.repeat(branches, 1, 1), video.repeat(branches, 1, 1, 1, 1))
+            t_rows = torch.full((len(self.seeds) * branches, 1), t, device=audio.device)
+            v_a, v_v = teacher_forward(model, prefix, clean, clean_ids, noisy, noisy_ids, t_rows, [chunk], self.window)
+            if branches == 2:
+                v_a, v_v = self.guidance.combine(v_a, v_v)
+            audio, video = audio + (t_next - t) * v_a, video + (t_next - t) * v_v
+        self.audio, self.video = torch.cat((self.audio, audio), 1), torch.cat((self.video, video), 1)
+        self.phonemes = history
+        return audio, video

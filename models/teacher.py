@@ -63,7 +63,7 @@ def token_layout(cfg: SonateConfig, clean_chunks: int, noisy_chunks: list[int]) 
 class MaskedAttention:
     """Joint attention over the whole one-pass sequence, each token rotated at its absolute position."""
 
-    def __init__(self, cfg: SonateConfig, layout: TokenLayout, device: torch.device) -> None:
+    def __init__(self, cfg: SonateConfig, layout: TokenLayout, device: torch.device, window: int | None) -> None:
         chunks = int(layout.chunk.max()) + 1 if (layout.chunk >= 0).any() else 0
         chunk_tables = chunk_rope_tables(cfg, torch.arange(chunks))  # each [chunks, chunk_tokens, head_dim]
         prefix_tables = prefix_rope_tables(cfg)
@@ -84,7 +84,7 @@ class MaskedAttention:
                 parts.append(per_token)
             tables.append(torch.cat(parts).to(device))
         self.cos, self.sin = tables
-        self.block_mask = kernels.block_causal_mask(layout, cfg.window_chunks)
+        self.block_mask = kernels.block_causal_mask(layout, 1 << 20 if window is None else window)
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         q = kernels.apply_rope(q, self.cos, self.sin)
@@ -109,17 +109,20 @@ def teacher_forward(
     noisy_phonemes: ChunkPhonemes,
     noisy_t: Tensor,
     noisy_chunks: list[int] | None = None,
+    window: int | None = -1,
 ) -> tuple[Tensor, Tensor]:
     """Velocities of the noisy chunks, each seeing the clean chunks before it within the window.
 
     clean: (audio [B, K·chunk_audio_latents, Ca], video [B, K·chunk_video_latents, C, h, w]) for chunks
     0 … K-1; noisy: the same for the chunks `noisy_chunks` (default 0 … K-1, one noisy copy of each),
-    at flow times noisy_t [B, len(noisy_chunks)]. Returns velocities shaped like `noisy`.
+    at flow times noisy_t [B, len(noisy_chunks)]. `window`: clean chunks of context (-1: the model's window,
+    None: all of them). Returns velocities shaped like `noisy`.
     """
     cfg = model.cfg
     clean_chunks = clean[0].shape[1] // cfg.chunk_audio_latents
     noisy_chunks = list(range(clean_chunks)) if noisy_chunks is None else noisy_chunks
     layout = token_layout(cfg, clean_chunks, noisy_chunks)
+    window = cfg.window_chunks if window == -1 else window
     clean_a, clean_v = model.embed_chunks(*clean, clean_phonemes)
     noisy_a, noisy_v = model.embed_chunks(*noisy, noisy_phonemes)
     x_a = torch.cat((prefix.audio, clean_a, noisy_a), dim=1)
@@ -129,7 +132,9 @@ def teacher_forward(
     mod_a, mod_v = model.modulation(t, prefix.timbre)  # [B, segments, 8, dim]
     device = x_a.device
     seg_a, seg_v = layout.segment[: layout.audio_tokens].to(device), layout.segment[layout.audio_tokens :].to(device)
-    x_a, x_v = model.run_blocks(x_a, x_v, mod_a[:, seg_a], mod_v[:, seg_v], MaskedAttention(cfg, layout, device))
+    x_a, x_v = model.run_blocks(
+        x_a, x_v, mod_a[:, seg_a], mod_v[:, seg_v], MaskedAttention(cfg, layout, device, window)
+    )
     first_noisy_a = cfg.prefix_audio_tokens + clean_chunks * cfg.chunk_audio_latents
     first_noisy_v = cfg.identity_tokens + clean_chunks * cfg.chunk_video_tokens
     return model.heads(

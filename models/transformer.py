@@ -31,8 +31,8 @@ class Attention(Protocol):
 class ChunkPhonemes:
     """Phoneme and speaker ids sampled at each token's time, for n whole chunks.
 
-    audio, audio_speaker: [B, n·chunk_audio_latents]; video, video_speaker: [B, n·chunk_video_latents]
-    (one id per video latent frame, shared by its tokens). int64.
+    audio, audio_speaker: [B, n·chunk_audio_latents]; video, video_speaker: [B, n·chunk_video_frames]
+    (one id per video frame; a latent frame's tokens share the ids of its frames). int64.
     """
 
     audio: Tensor
@@ -43,7 +43,7 @@ class ChunkPhonemes:
     def select(self, chunk_start: int, chunks: int, cfg: SonateConfig) -> ChunkPhonemes:
         """The ids of chunks [chunk_start, chunk_start + chunks)."""
         a0, a1 = chunk_start * cfg.chunk_audio_latents, (chunk_start + chunks) * cfg.chunk_audio_latents
-        v0, v1 = chunk_start * cfg.chunk_video_latents, (chunk_start + chunks) * cfg.chunk_video_latents
+        v0, v1 = chunk_start * cfg.chunk_video_frames, (chunk_start + chunks) * cfg.chunk_video_frames
         return ChunkPhonemes(
             self.audio[:, a0:a1], self.audio_speaker[:, a0:a1], self.video[:, v0:v1], self.video_speaker[:, v0:v1]
         )
@@ -53,10 +53,10 @@ class ChunkPhonemes:
         return ChunkPhonemes(*(x[rows] for x in (self.audio, self.audio_speaker, self.video, self.video_speaker)))
 
     @staticmethod
-    def cat(items: list[ChunkPhonemes]) -> ChunkPhonemes:
-        """Stack along the batch."""
+    def cat(items: list[ChunkPhonemes], dim: int = 0) -> ChunkPhonemes:
+        """Join along the batch (dim 0) or along time, chunk after chunk (dim 1)."""
         fields = zip(*((p.audio, p.audio_speaker, p.video, p.video_speaker) for p in items), strict=True)
-        return ChunkPhonemes(*(torch.cat(parts) for parts in fields))
+        return ChunkPhonemes(*(torch.cat(parts, dim=dim) for parts in fields))
 
     def repeat(self, times: int) -> ChunkPhonemes:
         """The same ids for `times` copies of the batch (the CFG branches)."""
@@ -160,6 +160,7 @@ class SonateModel(nn.Module):
         self.video_in = nn.Linear(cfg.video_latent_channels * cfg.video_patch**2, d)
         self.phoneme_embed = nn.Embedding(cfg.phoneme_vocab, d)
         self.speaker_embed = nn.Embedding(cfg.max_speakers, d)
+        self.video_phoneme_proj = nn.Linear(cfg.video_frames_per_latent * d, d)
         self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.timbre_proj = nn.Linear(d, d)
         # AdaLN projections shared by every block (each block adds its own learned offset), as in Wan2.1
@@ -184,12 +185,14 @@ class SonateModel(nn.Module):
         """Latents of n whole chunks → tokens with their phoneme and speaker embeddings added.
 
         audio: [B, n·chunk_audio_latents, audio_latent_dim]; video: [B, n·chunk_video_latents, C, h, w].
+        A video latent frame's tokens get the phonemes of each of its video frames, projected to one vector.
         Returns [B, Ta, dim], [B, Tv, dim].
         """
         x_a = self.audio_in(audio) + self.phoneme_embed(phonemes.audio) + self.speaker_embed(phonemes.audio_speaker)
-        per_frame = self.phoneme_embed(phonemes.video) + self.speaker_embed(phonemes.video_speaker)
+        per_frame = self.phoneme_embed(phonemes.video) + self.speaker_embed(phonemes.video_speaker)  # [B, Nf, d]
+        per_latent = self.video_phoneme_proj(per_frame.unflatten(1, (-1, self.cfg.video_frames_per_latent)).flatten(2))
         x_v = self.video_in(patchify(self.cfg, video))
-        x_v = x_v + per_frame.repeat_interleave(self.cfg.video_tokens_per_latent, dim=1)
+        x_v = x_v + per_latent.repeat_interleave(self.cfg.video_tokens_per_latent, dim=1)
         return x_a, x_v
 
     def run_blocks(

@@ -30,6 +30,7 @@ from sonate import kernels
 from sonate.models.checkpoint import random_model
 from sonate.models.conditioning import INSTRUCTION_PAD, Conditioning
 from sonate.models.config import PRESETS, SonateConfig
+from sonate.models.decoders import Codecs
 from sonate.models.errors import SonateInputError
 from sonate.models.sampler import ChunkStream, Guidance, chunk_noise, negative_conditioning
 from sonate.models.teacher import teacher_forward
@@ -50,14 +51,16 @@ def bench_model(
     warmup_chunks: int = 2,
     threads: int | None = None,
     model: SonateModel | None = None,
+    codecs: Codecs | None = None,
 ) -> dict:
     """Stream `seconds` of media for batch 1 and return the figures as a JSON-able dict.
 
     `warmup_chunks` untimed chunks come first, then ceil(seconds / chunk_seconds) timed chunks. `threads` sets
     `torch.set_num_threads` for the run (restored afterwards). `model` defaults to a randomly initialised
     `SonateModel(cfg)` on the CPU in `cfg.dtype`; when given, its own config, device and dtype are used
-    and `cfg` is ignored. Times are wall-clock (`time.perf_counter`), in ms per chunk; `rtf` is compute
-    seconds per media second.
+    and `cfg` is ignored. Every chunk is also decoded to audio and frames by `codecs` (default: seeded random
+    ones; their cost does not depend on the weights). Times are wall-clock (`time.perf_counter`), in ms per
+    chunk; `rtf` is the model's compute seconds per media second, `rtf_total` adds the decoders.
     """
     if model is not None:
         cfg = model.cfg
@@ -67,7 +70,8 @@ def bench_model(
         torch.set_num_threads(threads)
     try:
         with torch.no_grad():
-            return _bench(cfg, seconds, steps, guidance, warmup_chunks, model or random_model(cfg))
+            model = model or random_model(cfg)
+            return _bench(cfg, seconds, steps, guidance, warmup_chunks, model, codecs or Codecs.random(cfg))
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -84,7 +88,13 @@ def _check_arguments(cfg: SonateConfig, seconds: float, steps: int, warmup_chunk
 
 
 def _bench(
-    cfg: SonateConfig, seconds: float, steps: int, guidance: Guidance, warmup_chunks: int, model: SonateModel
+    cfg: SonateConfig,
+    seconds: float,
+    steps: int,
+    guidance: Guidance,
+    warmup_chunks: int,
+    model: SonateModel,
+    codecs: Codecs,
 ) -> dict:
     param = next(model.parameters())
     timed_chunks = math.ceil(seconds / cfg.chunk_seconds - 1e-9)
@@ -95,18 +105,25 @@ def _bench(
 
     # 1. stream every chunk, keeping the last W + 1 outputs: the last chunk and its clean context
     outputs: deque[tuple[Tensor, Tensor]] = deque(maxlen=cfg.window_chunks + 1)
-    chunk_ms = []
+    chunk_ms, decoder_ms = [], []
+    vocoder_state = codecs.vocoder.init_state(1)
     for chunk in range(total_chunks):
         out, ms = _timed(lambda c=chunk: stream.generate(phonemes.select(c, 1, cfg)), param.device)
         outputs.append(out)
+        (_, vocoder_state), audio_ms = _timed(
+            lambda o=out, s=vocoder_state: codecs.vocoder.decode(o[0].float(), s), param.device
+        )
+        _, video_ms = _timed(lambda o=out: codecs.video_decoder.decode(o[1].float()), param.device)
         if chunk >= warmup_chunks:
             chunk_ms.append(ms)
+            decoder_ms.append((audio_ms, video_ms))
 
     # 2. the last chunk again, cached and uncached, alternating so drift hits both alike
     context = list(outputs)[:-1]
     speedup = _cache_speedup(model, stream, cond, guidance, context, phonemes, total_chunks - 1)
 
     compute_seconds = sum(chunk_ms) / 1000
+    decoder_seconds = sum(a + v for a, v in decoder_ms) / 1000
     media_seconds = timed_chunks * cfg.chunk_seconds
     return {
         "preset": preset_name(cfg),
@@ -127,6 +144,9 @@ def _bench(
         "compute_seconds": compute_seconds,
         "rtf": compute_seconds / media_seconds,
         "rtf_p50": float(np.percentile(chunk_ms, 50)) / 1000 / cfg.chunk_seconds,  # robust to load spikes
+        "vocoder_ms_p50": float(np.percentile([a for a, _ in decoder_ms], 50)),
+        "video_decoder_ms_p50": float(np.percentile([v for _, v in decoder_ms], 50)),
+        "rtf_total": (compute_seconds + decoder_seconds) / media_seconds,
         **speedup,
         "params": sum(p.numel() for p in model.parameters()),
         "device": str(param.device),
@@ -246,7 +266,7 @@ def random_phonemes(cfg: SonateConfig, chunks: int, device: torch.device) -> Chu
     def ids(high: int, per_chunk: int) -> Tensor:
         return torch.randint(0, high, (1, chunks * per_chunk), generator=generator).to(device)
 
-    audio, video = cfg.chunk_audio_latents, cfg.chunk_video_latents
+    audio, video = cfg.chunk_audio_latents, cfg.chunk_video_frames
     return ChunkPhonemes(
         ids(cfg.phoneme_vocab, audio), ids(cfg.max_speakers, audio), ids(cfg.phoneme_vocab, video),
         ids(cfg.max_speakers, video),
@@ -277,6 +297,8 @@ def print_model_report(result: dict) -> None:
                      f"max {result['chunk_ms_max']:.1f}"),
         ("rtf", f"{result['rtf']:.3f}  (compute s per media s; below 1 is real time; "
                 f"{result['rtf_p50']:.3f} at the p50 chunk)"),
+        ("decoders", f"vocoder {result['vocoder_ms_p50']:.1f} ms, video {result['video_decoder_ms_p50']:.1f} ms "
+                     f"per chunk (p50); rtf_total {result['rtf_total']:.3f} with them"),
         ("cache speedup", f"{result['cache_speedup']:.2f}×  (last chunk: {result['uncached_chunk_ms']:.1f} ms "
                           f"recomputing {context} chunks of context, "
                           f"{result['cached_chunk_ms']:.1f} ms cached; ({context}+1)/2 = {(context + 1) / 2:g})"),

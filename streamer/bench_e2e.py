@@ -44,6 +44,7 @@ import uvloop
 from sonate.clients.client import ClientOptions, ClientSession, SonateClient
 from sonate.clients.latency import SpeechLatency
 from sonate.models.config import PRESETS
+from sonate.models.decoders import Codecs
 from sonate.models.errors import SonateInputError
 from sonate.models.transformer import SonateModel
 from sonate.streamer.bench import preset_name, print_rows
@@ -152,8 +153,9 @@ def local_server(engine: Engine, config: ServerConfig | None = None) -> Iterator
 # --- the benchmark ---------------------------------------------------------------------------------------------
 
 
-def bench_e2e(model: SonateModel, config: E2EConfig) -> dict:
-    """Run both phases against `model` and return the figures as a JSON-able dict (times in ms).
+def bench_e2e(model: SonateModel, config: E2EConfig, codecs: Codecs | None = None) -> dict:
+    """Run both phases against `model` (and its `codecs`: default seeded random ones) and return the figures
+    as a JSON-able dict (times in ms).
 
     The server runs in this process; the clients run in one child process, so that their WebRTC stacks do not
     compete with the engine for this interpreter's lock (remote clients would not).
@@ -162,7 +164,8 @@ def bench_e2e(model: SonateModel, config: E2EConfig) -> dict:
     load_before = os.getloadavg()  # other work on the machine skews every figure: say how busy it was
     spawn = multiprocessing.get_context("spawn")  # a fork would copy the server's threads and locks
     with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as clients:
-        engine = Engine(model, EngineConfig(max_sessions=config.sessions, source=config.source, threads=config.threads))
+        engine_config = EngineConfig(max_sessions=config.sessions, source=config.source, threads=config.threads)
+        engine = Engine(model, engine_config, codecs)
         with local_server(engine) as server:
             if config.warmup:
                 warmup = E2EConfig(seconds=0.1, tokens_per_second=config.tokens_per_second, sync_seconds=0)
@@ -440,20 +443,22 @@ def add_bench_e2e_parser(bench_subcommands: argparse._SubParsersAction) -> argpa
 
 def run_bench_e2e(args: argparse.Namespace) -> None:
     """The `bench e2e` subcommand."""
-    from sonate.models.checkpoint import from_pretrained, random_model
+    from sonate.models.checkpoint import load_checkpoint, random_model
     from sonate.models.config import SonateConfig
 
     config = E2EConfig(
         args.sessions, args.seconds, args.source, args.tokens_per_second, args.sync_seconds, threads=args.threads
     )
     config.check()
+    codecs = None
     if args.checkpoint is not None:
-        model = from_pretrained(args.checkpoint)
+        loaded = load_checkpoint(None if str(args.checkpoint) == "default" else args.checkpoint)
+        model, codecs = loaded.model, loaded.codecs
     elif args.preset in PRESETS:
         model = random_model(SonateConfig.preset(args.preset))
     else:
         raise SonateInputError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
-    result = bench_e2e(model, config)
+    result = bench_e2e(model, config, codecs)
     print_e2e_report(result)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

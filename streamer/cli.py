@@ -15,6 +15,7 @@ from sonate.streamer.bench_e2e import add_bench_e2e_parser
 from sonate.streamer.bench_kernels import add_bench_kernels_parser
 from sonate.streamer.cli_data import add_data_parser
 from sonate.streamer.cli_eval import add_eval_parser
+from sonate.streamer.cli_train import add_train_parser
 
 
 def _add_generate(commands: argparse._SubParsersAction) -> None:
@@ -36,20 +37,27 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> None:
-    from sonate.models.checkpoint import load_model
+    from sonate.models.checkpoint import load_checkpoint
     from sonate.models.media_io import load_audio, load_image
     from sonate.streamer.clip import generate_clip
     from sonate.streamer.mp4 import write_mp4
 
     if args.steps is not None and args.steps < 1:
         raise SonateInputError("--steps must be at least 1")
-    model, _ = load_model(args.checkpoint)
-    cfg = model.cfg
+    checkpoint = load_checkpoint(args.checkpoint)
+    model, cfg = checkpoint.model, checkpoint.model.cfg
     voice = None if args.voice is None else load_audio(args.voice, cfg.sample_rate, max_seconds=30.0)
     avatar = None if args.avatar is None else load_image(args.avatar, cfg.identity_image_size)
     started = time.perf_counter()
     clip = generate_clip(
-        model, args.text, voice=voice, avatar=avatar, instruction=args.instruction, seed=args.seed, steps=args.steps
+        model,
+        checkpoint.codecs,
+        args.text,
+        voice=voice,
+        avatar=avatar,
+        instruction=args.instruction,
+        seed=args.seed,
+        steps=args.steps,
     )
     elapsed = time.perf_counter() - started
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +92,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 def _run_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from sonate.models.checkpoint import load_model
+    from sonate.models.checkpoint import load_checkpoint
     from sonate.streamer.engine import Engine, EngineConfig
     from sonate.streamer.server import ServerConfig, create_app
 
@@ -92,8 +100,10 @@ def _run_serve(args: argparse.Namespace) -> None:
         raise SonateInputError("--max-sessions must be at least 1, --session-timeout positive and --port in 1..65535")
     log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=args.log_level.upper(), format=log_format, force=True)
-    model, _ = load_model(args.checkpoint)
-    engine = Engine(model, EngineConfig(max_sessions=args.max_sessions, source=args.source))
+    checkpoint = load_checkpoint(args.checkpoint)
+    engine = Engine(
+        checkpoint.model, EngineConfig(max_sessions=args.max_sessions, source=args.source), checkpoint.codecs
+    )
     config = ServerConfig(host=args.host, port=args.port, session_timeout_s=args.session_timeout)
     app = create_app(engine, config)
     shown_host = "localhost" if args.host in ("0.0.0.0", "::", "") else args.host
@@ -122,7 +132,7 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         "real-time factor and the speedup of the KV cache over recomputing the visible context.",
     )
     m.add_argument("--preset", default="tiny", help="model preset with random weights (default tiny)")
-    m.add_argument("--checkpoint", type=Path, help="benchmark this checkpoint instead of a preset")
+    m.add_argument("--checkpoint", help="benchmark this checkpoint folder (or 'default', the embedded one)")
     m.add_argument("--seconds", type=float, default=30.0, help="media seconds to stream (default 30)")
     m.add_argument("--steps", type=int, default=4, help="Euler steps per chunk (default 4)")
     m.add_argument("--no-cfg", action="store_true", help="guidance off (one branch)")
@@ -134,20 +144,22 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_bench_model(args: argparse.Namespace) -> None:
-    from sonate.models.checkpoint import from_pretrained, random_model
+    from sonate.models.checkpoint import load_checkpoint, random_model
     from sonate.models.config import SonateConfig
     from sonate.models.sampler import Guidance
     from sonate.streamer.bench import bench_model, print_model_report
 
     if args.seconds <= 0 or args.steps < 1:
         raise SonateInputError("--seconds must be positive and --steps at least 1")
+    codecs = None
     if args.checkpoint is None:
         model = random_model(SonateConfig.preset(args.preset))
     else:
-        model = from_pretrained(args.checkpoint)
+        loaded = load_checkpoint(None if args.checkpoint == "default" else args.checkpoint)
+        model, codecs = loaded.model, loaded.codecs
     cfg = model.cfg
     guidance = Guidance() if args.no_cfg else Guidance(cfg.audio_guidance, cfg.video_guidance)
-    result = bench_model(cfg, args.seconds, args.steps, guidance, threads=args.threads, model=model)
+    result = bench_model(cfg, args.seconds, args.steps, guidance, threads=args.threads, model=model, codecs=codecs)
     print_model_report(result)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -167,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_say_parser(commands)
     add_data_parser(commands)
     add_eval_parser(commands)
+    add_train_parser(commands)
     return parser
 
 

@@ -36,6 +36,11 @@ def add_eval_parser(subcommands: argparse._SubParsersAction) -> None:
     p.add_argument("--max-clips", type=int, help="score only the first N clips of the split")
     p.add_argument("--seed", type=int, default=0, help="generation seed of the first clip (default 0)")
     p.add_argument("--steps", type=int, help="Euler steps per chunk (default: the checkpoint's)")
+    p.add_argument(
+        "--one-pass",
+        action="store_true",
+        help="generate with no KV cache, re-running the one-pass forward every step (the offline reference)",
+    )
     p.add_argument("--json", type=Path, help="also write the figures (and per-clip details) to this JSON file")
     p.set_defaults(run=_run_eval)
 
@@ -51,7 +56,7 @@ def _run_eval(args: argparse.Namespace) -> None:
         raise SonateInputError(f"--checkpoint {args.checkpoint!r} is not a folder, 'default' or 'ground-truth'")
     system, random_weights = None, False
     if args.checkpoint != GROUND_TRUTH:
-        system, random_weights = checkpoint_system(args.checkpoint, args.seed, args.steps)
+        system, random_weights = checkpoint_system(args.checkpoint, args.seed, args.steps, args.one_pass)
     bar = ProgressBar("eval")
     result = evaluate(
         args.data,
@@ -61,31 +66,35 @@ def _run_eval(args: argparse.Namespace) -> None:
         progress=lambda done, total: bar.update(done, total, "clips,"),
     )
     bar.close()
-    result = {"checkpoint": args.checkpoint, "random_weights": random_weights, **result}
+    result = {"checkpoint": args.checkpoint, "random_weights": random_weights, "one_pass": args.one_pass, **result}
     print(format_report(result))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
-def checkpoint_system(checkpoint: str, seed: int, steps: int | None) -> tuple[SystemUnderTest, bool]:
+def checkpoint_system(
+    checkpoint: str, seed: int, steps: int | None, one_pass: bool = False
+) -> tuple[SystemUnderTest, bool]:
     """The clip maker of a checkpoint ("default" or a folder) for `evaluate`, and whether its weights are random."""
-    from sonate.models.checkpoint import load_model
+    from sonate.models.checkpoint import load_checkpoint
     from sonate.streamer.clip import generate_clip
 
-    model, random_weights = load_model(None if checkpoint == "default" else Path(checkpoint))
-    cfg = model.cfg
+    loaded = load_checkpoint(None if checkpoint == "default" else Path(checkpoint))
+    model, cfg = loaded.model, loaded.model.cfg
 
     def speak(world: World, info: ClipInfo, index: int) -> GeneratedMedia:
         clip = generate_clip(
             model,
+            loaded.codecs,
             info.text,
             voice=world.reference_voice(info.timbre, "a", cfg.sample_rate),
             avatar=world.reference_image(info.avatar, cfg.identity_image_size),
             instruction=info.instruction,
             seed=seed + index,
             steps=steps,
+            one_pass=one_pass,
         )
         return GeneratedMedia(clip.audio, clip.frames, clip.sample_rate, clip.fps)
 
-    return speak, random_weights
+    return speak, loaded.random_weights

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sonate.models.decoders import BandVocoder, PixelVideoDecoder
+from sonate.models.decoders import Codecs
 from sonate.models.errors import SonateInputError
 from sonate.models.frontend import IncrementalFrontend
-from sonate.models.sampler import ChunkStream, Guidance, chunk_phonemes
+from sonate.models.sampler import ChunkStream, Guidance, RecomputeStream, chunk_phonemes
 from sonate.models.transformer import SonateModel
 from sonate.streamer.references import session_conditioning
 
@@ -41,6 +41,7 @@ class Clip:
 
 def generate_clip(
     model: SonateModel,
+    codecs: Codecs,
     text: str,
     *,
     voice: np.ndarray | None = None,
@@ -49,8 +50,13 @@ def generate_clip(
     seed: int = 0,
     steps: int | None = None,
     guidance: Guidance | None = None,
+    one_pass: bool = False,
 ) -> Clip:
-    """Speak `text` chunk by chunk through the streaming sampler and decoders; the clip covers the speech."""
+    """Speak `text` chunk by chunk through the streaming sampler and decoders; the clip covers the speech.
+
+    `one_pass` generates with no KV cache, re-running the teacher-forcing one-pass forward over everything so
+    far at every step: the offline reference that streaming must match (slower; for evaluation).
+    """
     if not text.strip():
         raise SonateInputError("the text is empty; give something to say")
     cfg = model.cfg
@@ -61,17 +67,18 @@ def generate_clip(
     if not timeline.phonemes:
         raise SonateInputError(f"nothing to speak in {text!r}; give words, not only punctuation")
     guidance = guidance or Guidance(cfg.audio_guidance, cfg.video_guidance)
-    stream = ChunkStream.open_batch(
-        model, session_conditioning(model, voice, avatar, instruction), [seed], guidance, steps
-    )
-    vocoder, video_decoder = BandVocoder(cfg), PixelVideoDecoder(cfg)
-    vocoder_state = vocoder.init_state(1)
+    cond = session_conditioning(model, voice, avatar, instruction)
+    if one_pass:
+        stream: ChunkStream | RecomputeStream = RecomputeStream(model, cond, [seed], guidance, steps)
+    else:
+        stream = ChunkStream.open_batch(model, cond, [seed], guidance, steps)
+    vocoder_state = codecs.vocoder.init_state(1)
     chunks = max(1, math.ceil((timeline.duration_s + TAIL_SECONDS) / cfg.chunk_seconds))
     audio, frames = [], []
     for chunk in range(chunks):
         audio_latents, video_latents = stream.generate(chunk_phonemes(cfg, [timeline], chunk, 1))
-        samples, vocoder_state = vocoder.decode(audio_latents, vocoder_state)
+        samples, vocoder_state = codecs.vocoder.decode(audio_latents, vocoder_state)
         audio.append(samples[0].numpy())
-        frames.append(video_decoder.decode(video_latents)[0].numpy())
+        frames.append(codecs.video_decoder.decode(video_latents)[0].numpy())
     log.info("generated %d chunks for %.2f s of speech", chunks, timeline.duration_s)
     return Clip(np.concatenate(audio), np.concatenate(frames), cfg.sample_rate, cfg.video_fps, timeline.duration_s)

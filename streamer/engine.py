@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from sonate.models.checkpoint import load_model
-from sonate.models.decoders import AudioDecoderState, BandVocoder, PixelVideoDecoder
+from sonate.models.audio_codec import VocoderState
+from sonate.models.checkpoint import load_checkpoint
+from sonate.models.decoders import Codecs
 from sonate.models.errors import SonateInputError
 from sonate.models.sampler import ChunkStream, Guidance, chunk_phonemes
 from sonate.models.transformer import ChunkPhonemes, SonateModel
@@ -99,11 +100,21 @@ class ChunkJob:
 
 
 class Engine:
-    """Owns the model, the decoders and every session; `open_session` is the entry point."""
+    """Owns the model, the decoders and every session; `open_session` is the entry point.
 
-    def __init__(self, model: SonateModel | None = None, config: EngineConfig | None = None) -> None:
-        self.model = model if model is not None else load_model(None)[0]
+    Without a model it serves the embedded default checkpoint; a model given without codecs gets seeded
+    random ones (for speed work and tests).
+    """
+
+    def __init__(
+        self, model: SonateModel | None = None, config: EngineConfig | None = None, codecs: Codecs | None = None
+    ) -> None:
+        if model is None:
+            default = load_checkpoint(None)
+            model, codecs = default.model, default.codecs
+        self.model = model
         self.cfg = self.model.cfg
+        codecs = codecs or Codecs.random(self.cfg)
         self.config = config or EngineConfig()
         if self.config.source not in SOURCES:
             raise SonateInputError(f"unknown media source {self.config.source!r}; choose one of {', '.join(SOURCES)}")
@@ -111,12 +122,12 @@ class Engine:
             raise ValueError("max_lead_chunks must not exceed the model's max_rollback_chunks")
         guidance = self.config.guidance or Guidance(self.cfg.audio_guidance, self.cfg.video_guidance)
         self.stream = ChunkStream(self.model, self.config.max_sessions, guidance, self.config.steps)
-        self.vocoder = BandVocoder(self.cfg)
-        self.video_decoder = PixelVideoDecoder(self.cfg)
+        self.vocoder = codecs.vocoder
+        self.video_decoder = codecs.video_decoder
         self.sessions: dict[str, Session] = {}
         self.metrics = EngineMetrics()
         self._free_slots = list(range(self.config.max_sessions))
-        self._decoder_states: dict[int, dict[int, AudioDecoderState]] = {}  # slot → chunk → state after it
+        self._decoder_states: dict[int, dict[int, VocoderState]] = {}  # slot → chunk → state after it
         self._rollbacks: list[tuple[int, int]] = []  # (slot, chunk) to apply before the next batch
         self._wake = asyncio.Event()
         self._executor: ThreadPoolExecutor | None = None
@@ -221,6 +232,14 @@ class Engine:
         """Something changed (text arrived, a viewer joined): run the scheduler now."""
         self._wake.set()
 
+    def safe_chunk_latency(self) -> float:
+        """Seconds within which a chunk batch surely completes: twice the p90 of recent batches plus a tick
+        (a whole chunk's duration until a few batches were timed)."""
+        recent = self.metrics.chunk_seconds[-50:]
+        if len(recent) < 5:
+            return self.cfg.chunk_seconds
+        return 2 * float(np.percentile(recent, 90)) + TICK
+
     @property
     def underruns(self) -> int:
         """Playout underruns of every session, open or closed."""
@@ -279,6 +298,7 @@ class Engine:
         for job in jobs:
             assert self.stream.chunk_index(job.session.slot) == job.chunk, "session and cache disagree"
         audio_latents, video_latents = self.stream.generate(ChunkPhonemes.cat([j.phonemes for j in jobs]), slots)
+        frames = self.video_decoder.decode(video_latents).numpy()
         chunks = []
         for i, job in enumerate(jobs):
             states = self._decoder_states.get(job.session.slot, {})
@@ -286,9 +306,8 @@ class Engine:
             audio, states[job.chunk] = self.vocoder.decode(audio_latents[i : i + 1], state)
             for old in [c for c in states if c < job.chunk - cfg.max_rollback_chunks - 1]:
                 del states[old]
-            frames = self.video_decoder.decode(video_latents[i : i + 1])[0].numpy()
             chunks.append(
-                AVChunk(job.chunk, job.chunk * cfg.chunk_seconds, audio[0].numpy(), frames, cfg.sample_rate,
+                AVChunk(job.chunk, job.chunk * cfg.chunk_seconds, audio[0].numpy(), frames[i], cfg.sample_rate,
                         cfg.video_fps, *job.text_span)
             )  # fmt: skip
         return chunks

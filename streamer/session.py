@@ -75,12 +75,8 @@ class Session:
     def interrupt(self) -> Interruption:
         """Barge-in: drop media not yet playing, clear waiting text, roll the model back to the playing chunk."""
         self._check_open()
-        media_time = self.playout.drop_unplayed()
-        chunk = round(media_time / self.engine.cfg.chunk_seconds)
+        media_time = self._rewind()
         self.speech.cut(media_time)
-        self.epoch += 1
-        self.next_chunk = chunk
-        self.engine.request_rollback(self, chunk)
         result = Interruption(self.speech.spoken_until(media_time), len(self.speech.text), media_time)
         self._emit({"type": "input.interrupted", "played_until": result.played_until, "text_end": result.text_end,
                     "media_time": media_time})  # fmt: skip
@@ -140,6 +136,32 @@ class Session:
         """End the session and free its slot; safe to call twice."""
         await self.engine.close_session(self)
 
+    def _rewind(self) -> float:
+        """Drop the media not yet playing and roll the model back to where it starts; returns that media time."""
+        media_time = self.playout.drop_unplayed()
+        self.epoch += 1  # chunks in flight for the old timeline are dropped on delivery
+        self.next_chunk = round(media_time / self.engine.cfg.chunk_seconds)
+        self.engine.request_rollback(self, self.next_chunk)
+        return media_time
+
+    def _reclaim_idle_lead(self) -> None:
+        """Speech after silence: once its first chunk's phonemes are final, drop the idle chunks made ahead of
+        the playing one and start the speech right after it instead — but only when that chunk can surely be
+        made before the playing one ends (so the idle lead costs new text nothing, and no underrun)."""
+        utterance = self.speech.current
+        if utterance is None or self.playout.start_time is None or utterance.offset_s != self.generation_front:
+            return  # no speech, not playing yet, or the speech has begun
+        if self.speech.final_until() < utterance.offset_s + self.engine.cfg.chunk_seconds:
+            return  # its first chunk is not final yet: keep the idle lead, which covers the wait
+        try:
+            playing = self.playout.playing_chunk()
+        except LookupError:  # an underrun: nothing is playing
+            return
+        if playing is None or utterance.offset_s <= playing.end + 1e-9:
+            return  # no idle chunk made ahead
+        if playing.end - self.playout.position_seconds >= self.engine.safe_chunk_latency():
+            utterance.offset_s = self._rewind()
+
     # --- for the engine ----------------------------------------------------------------------------------------
 
     @property
@@ -152,6 +174,7 @@ class Session:
         config = self.engine.config
         chunk_end = (self.next_chunk + 1) * self.engine.cfg.chunk_seconds
         self.speech.feed()  # G2P for a bounded amount of the waiting text
+        self._reclaim_idle_lead()
         current = self.speech.current
         speaking = self.speech.pending or (current is not None and current.end_s > self.generation_front)
         lead = config.max_lead_chunks if speaking else config.idle_lead_chunks
@@ -159,7 +182,7 @@ class Session:
         playing = int(self.playout.position_seconds / self.engine.cfg.chunk_seconds + 1e-9)
         if self.next_chunk > playing + lead:  # lead: chunks made beyond the one playing
             return False
-        if self.speech.pending and self.speech.final_until() < chunk_end:
+        if self.speech.final_until() < chunk_end:
             if self.speech.unfed or now - self.last_text_at < config.lookahead_timeout_s:
                 return False
             self.speech.flush()  # the rest of a word never came: speak what there is
@@ -194,7 +217,7 @@ class Session:
                 self._emit({"type": "speech.started", "text_start": key, "media_time": span[0], "ttfa_ms": ttfa * 1e3})
             if utterance.interrupted:  # `input.interrupted` already told where it stopped
                 self._announced.add((key, "done"))
-            finished = not utterance.pending and now_s >= span[1]
+            finished = not utterance.open and now_s >= span[1]
             if finished and (key, "started") in self._announced and (key, "done") not in self._announced:
                 self._announced.add((key, "done"))
                 self._emit({"type": "speech.done", "text_start": key, "text_end": text_end, "media_time": span[1]})

@@ -35,6 +35,7 @@ class Utterance:
     cut_s: float = math.inf
     unfed: str = ""
     flush_requested: bool = False
+    flushed: bool = False
 
     @property
     def timeline(self) -> PhonemeTimeline:
@@ -60,6 +61,11 @@ class Utterance:
         """Whether text was pushed that is not yet phonemes (a word or unit still arriving)."""
         return self.cut_s == math.inf and bool(self.unphonemized.strip())
 
+    @property
+    def open(self) -> bool:
+        """Whether more text may still extend it: neither flushed nor cut."""
+        return self.cut_s == math.inf and not self.flushed
+
     def feed(self, max_chars: int) -> None:
         """Hand up to `max_chars` of the waiting text to the frontend, and the flush once all of it is in."""
         if self.cut_s != math.inf:
@@ -70,6 +76,7 @@ class Utterance:
         if self.flush_requested and not self.unfed:
             self.frontend.flush()
             self.flush_requested = False
+            self.flushed = True
 
     @property
     def interrupted(self) -> bool:
@@ -144,8 +151,10 @@ class SpeechTrack:
             self.current.feed(max_chars)
 
     def final_until(self) -> float:
-        """Media time (s) up to which the phonemes can no longer change."""
-        return self.current.end_s if self.pending else math.inf
+        """Media time (s) up to which the phonemes can no longer change: the end of the current utterance
+        while more text may extend it, else forever."""
+        current = self.current
+        return current.end_s if current is not None and (current.pending or current.open) else math.inf
 
     def sample(self, times_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Phoneme and speaker ids at media times `times_s` (silence outside every utterance)."""

@@ -7,6 +7,7 @@ import torch
 
 from sonate.models.conditioning import Conditioning, encode_instruction
 from sonate.models.config import SonateConfig
+from sonate.models.train import EncodedClip, EncodedSplit
 from sonate.models.transformer import ChunkPhonemes, SonateModel
 
 
@@ -28,7 +29,7 @@ def random_conditioning(cfg: SonateConfig, batch: int, seed: int = 0) -> Conditi
 def random_phonemes(cfg: SonateConfig, batch: int, chunks: int, seed: int = 0) -> ChunkPhonemes:
     """Random phoneme and speaker ids for `chunks` chunks."""
     generator = torch.Generator().manual_seed(seed)
-    fa, fv = chunks * cfg.chunk_audio_latents, chunks * cfg.chunk_video_latents
+    fa, fv = chunks * cfg.chunk_audio_latents, chunks * cfg.chunk_video_frames
 
     def ids(high: int, n: int) -> torch.Tensor:
         return torch.randint(0, high, (batch, n), generator=generator)
@@ -62,3 +63,20 @@ def cfg() -> SonateConfig:
 def model(cfg: SonateConfig) -> SonateModel:
     torch.manual_seed(0)
     return SonateModel(cfg).eval()
+
+
+def synthetic_split(cfg: SonateConfig, clips: int, chunks: int, seed: int) -> EncodedSplit:
+    """Random latents and phonemes standing in for an encoded world split: `clips` clips of `chunks` chunks,
+    two timbres and two avatars."""
+    generator = torch.Generator().manual_seed(seed)
+    items = []
+    for i in range(clips):
+        audio, video = random_latents(cfg, 1, chunks, seed=seed * 100 + i)
+        items.append(
+            EncodedClip(audio[0], video[0].half(), random_phonemes(cfg, 1, chunks, seed=seed * 100 + i),
+                        encode_instruction(cfg, f"clip {i}"), f"t{i % 2}", f"a{i % 2}")
+        )  # fmt: skip
+    voices = {f"t{i}": torch.randn(cfg.sample_rate * 2, generator=generator) * 0.1 for i in range(2)}
+    avatars = {f"a{i}": torch.rand(3, cfg.identity_image_size, cfg.identity_image_size, generator=generator)
+               for i in range(2)}  # fmt: skip
+    return EncodedSplit(items, voices, avatars)

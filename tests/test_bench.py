@@ -32,7 +32,8 @@ def test_every_figure_is_there_and_json_able(result: dict) -> None:
         "chunk_ms_p50": float, "chunk_ms_p95": float, "chunk_seconds": float, "chunks": int, "rtf": float,
         "rtf_p50": float, "cache_speedup": float, "window_chunks": int, "steps": int, "cfg": dict, "preset": str,
         "config": dict, "torch_threads": int, "tokens_per_chunk": int, "params": int, "device": str, "dtype": str,
-        "kernels_backend": str, "torch_version": str, "timestamp": str,
+        "kernels_backend": str, "torch_version": str, "timestamp": str, "rtf_total": float, "vocoder_ms_p50": float,
+        "video_decoder_ms_p50": float,
     }  # fmt: skip
     for key, kind in expected.items():
         assert isinstance(result[key], kind), key
@@ -56,6 +57,8 @@ def test_figures_agree_with_the_run(result: dict) -> None:
 def test_times_are_positive_and_consistent(result: dict) -> None:
     chunk_ms = result["chunk_ms"]
     assert min(chunk_ms) > 0
+    assert result["vocoder_ms_p50"] > 0 and result["video_decoder_ms_p50"] > 0
+    assert result["rtf_total"] > result["rtf"]
     assert min(chunk_ms) <= result["chunk_ms_p50"] <= result["chunk_ms_p95"] <= max(chunk_ms)
     media_seconds = result["chunks"] * result["chunk_seconds"]
     assert result["rtf"] == pytest.approx(sum(chunk_ms) / 1000 / media_seconds)

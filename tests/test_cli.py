@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from sonate.models.checkpoint import random_model
+from sonate.models.decoders import Codecs
 from sonate.models.frontend import MAX_SPEAKERS, PHONEME_VOCAB_SIZE, IncrementalFrontend
 from sonate.models.media_io import load_audio
 from sonate.streamer.clip import generate_clip
@@ -114,9 +115,13 @@ def test_frontend_ids_fit_the_model() -> None:
 
 def test_generation_is_deterministic_and_seeded() -> None:
     model = random_model(small_config(dim=128, n_heads=2, n_kv_heads=2))
-    first = generate_clip(model, "One two.", seed=3, steps=1)
-    again = generate_clip(model, "One two.", seed=3, steps=1)
-    other = generate_clip(model, "One two.", seed=4, steps=1)
+    codecs = Codecs.random(model.cfg)
+    first = generate_clip(model, codecs, "One two.", seed=3, steps=1)
+    again = generate_clip(model, codecs, "One two.", seed=3, steps=1)
+    other = generate_clip(model, codecs, "One two.", seed=4, steps=1)
+    one_pass = generate_clip(model, codecs, "One two.", seed=3, steps=1, one_pass=True)
     assert np.array_equal(first.audio, again.audio) and np.array_equal(first.frames, again.frames)
     assert not np.array_equal(first.audio, other.audio)
+    assert np.abs(first.audio - one_pass.audio).max() < 1e-4
+    assert np.abs(first.frames.astype(int) - one_pass.frames.astype(int)).max() <= 1
     assert first.audio.shape[0] == first.frames.shape[0] * model.cfg.sample_rate // model.cfg.video_fps

@@ -188,3 +188,28 @@ async def test_waiting_text_is_dropped_by_an_interrupt() -> None:
             session.push_text("z" * 4000)
         session.interrupt()
         session.push_text("Hi ")  # the dropped text no longer counts
+
+
+@pytest.mark.parametrize("safe", [True, False], ids=["reclaimed", "kept"])
+async def test_speech_after_silence_takes_the_place_of_idle_chunks_when_safe(safe: bool, monkeypatch) -> None:
+    async with small_engine() as engine:
+        if not safe:  # a chunk that may take longer than any chunk lasts: the idle lead must stay
+            monkeypatch.setattr(engine, "safe_chunk_latency", lambda: 10.0)
+        session = await engine.open_session(seed=3)
+        chunks, events = [], []
+        tasks = await collect(session, chunks, events)
+        chunk_s = engine.cfg.chunk_seconds
+        await wait_for(lambda: len(chunks) >= 6 and session.playout.position_seconds % chunk_s < 0.06)
+        playing_end = session.playout.playing_chunk().end
+        assert session.generation_front > playing_end  # the idle lead: a chunk made ahead of the playing one
+        front_at_push = session.generation_front
+        session.push_text("Hello there.")
+        session.flush()
+        await wait_for(lambda: any(e["type"] == "speech.done" for e in events))
+        utterance = session.speech.current
+        assert utterance.offset_s == pytest.approx(playing_end if safe else front_at_push)
+        remade = [c.index for c in chunks].count(round(playing_end / chunk_s))
+        assert remade == (2 if safe else 1)  # the idle chunk, then the speech in its place
+        assert session.playout.underruns == 0
+        for task in tasks:
+            task.cancel()

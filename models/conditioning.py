@@ -1,7 +1,9 @@
 """Conditioning encoders: instruction text, reference voice (timbre and prompt) and reference avatar.
 
 Their outputs become the prefix tokens — computed once per session and kept in the KV cache as sinks —
-and the timbre vector that enters the audio stream through AdaLN (timbre injection).
+the timbre vector that enters the audio stream through AdaLN (timbre injection), and the reference tokens: the
+avatar's video latent, projected and added to the video tokens at the same place in every latent frame (as
+image-to-video models feed the first frame's latent along the channels).
 """
 
 from __future__ import annotations
@@ -24,12 +26,18 @@ class Conditioning:
 
     instruction_ids: [B, instruction_tokens] UTF-8 bytes, INSTRUCTION_PAD after the end;
     voice: [B, samples] reference waveform at the model's sample rate, in [-1, 1];
-    avatar: [B, 3, H, W] reference image, float in [0, 1].
+    avatar: [B, 3, H, W] reference image, float in [0, 1];
+    avatar_latent: [B, C, h, w] the video codec's latent of the reference image held still for a latent frame.
     """
 
     instruction_ids: Tensor
     voice: Tensor
     avatar: Tensor
+    avatar_latent: Tensor
+
+    def rows(self, rows: slice) -> Conditioning:
+        """The sequences `rows` of the batch."""
+        return Conditioning(self.instruction_ids[rows], self.voice[rows], self.avatar[rows], self.avatar_latent[rows])
 
     @staticmethod
     def cat(items: list[Conditioning]) -> Conditioning:
@@ -39,6 +47,7 @@ class Conditioning:
             torch.cat([c.instruction_ids for c in items]),
             torch.cat([c.voice[..., :samples] for c in items]),
             torch.cat([c.avatar for c in items]),
+            torch.cat([c.avatar_latent for c in items]),
         )
 
 
@@ -52,11 +61,13 @@ def encode_instruction(cfg: SonateConfig, text: str) -> Tensor:
 @dataclass
 class PrefixTokens:
     """Embedded prefix of a batch: audio-stream tokens (instruction, voice prompt), video-stream tokens
-    (identity), and the timbre vector. Shapes [B, prefix_audio_tokens, dim], [B, identity_tokens, dim], [B, dim]."""
+    (identity), the timbre vector, and the reference tokens added to every video latent frame. Shapes
+    [B, prefix_audio_tokens, dim], [B, identity_tokens, dim], [B, dim], [B, video_tokens_per_latent, dim]."""
 
     audio: Tensor
     video: Tensor
     timbre: Tensor
+    reference: Tensor
 
 
 class ConditioningEncoder(nn.Module):
@@ -75,6 +86,7 @@ class ConditioningEncoder(nn.Module):
         self.identity_patch = patch
         self.identity_proj = nn.Linear(3 * patch * patch, d)
         self.identity_pos = nn.Parameter(torch.randn(cfg.identity_tokens, d) * 0.02)
+        self.reference_proj = nn.Linear(cfg.video_latent_channels * cfg.video_patch**2, d)
 
     def forward(self, cond: Conditioning) -> PrefixTokens:
         cfg = self.cfg
@@ -89,4 +101,6 @@ class ConditioningEncoder(nn.Module):
         patches = image.unfold(2, p, p).unfold(3, p, p)  # [B, 3, n, n, p, p]
         patches = patches.permute(0, 2, 3, 1, 4, 5).flatten(1, 2).flatten(2)
         identity = self.identity_proj(patches) + self.identity_pos
-        return PrefixTokens(torch.cat((instruction, voice), dim=1), identity, timbre)
+        # the reference latent, cut into the video tokens' patches (same order as `transformer.patchify`)
+        reference = F.pixel_unshuffle(cond.avatar_latent, cfg.video_patch).flatten(2).transpose(1, 2)
+        return PrefixTokens(torch.cat((instruction, voice), dim=1), identity, timbre, self.reference_proj(reference))

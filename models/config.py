@@ -110,6 +110,12 @@ class SonateConfig:
         self.ring_chunks = self.window_chunks + self.max_rollback_chunks
 
     @property
+    def avatar_image_size(self) -> int:
+        """Side in pixels of the square reference avatar images are read at: the video's larger side (the
+        reference latent is made at the video's size; the identity tokens downsample it)."""
+        return max(self.video_width, self.video_height)
+
+    @property
     def rope_sections(self) -> tuple[int, int, int]:
         """Head dims rotated by (time, row, column); the rest of the head is position-free."""
         return self.head_dim // 4, self.head_dim // 8, self.head_dim // 8

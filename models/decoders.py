@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -71,3 +72,16 @@ class Codecs:
     def encode_video(self, frames: Tensor) -> Tensor:
         """uint8 frames [B, N, H, W, 3] → video latents [B, N / video_frames_per_latent, C, h, w]."""
         return self.video_encoder.encode(frames)
+
+    @torch.no_grad()
+    def encode_still(self, images: Tensor) -> Tensor:
+        """uint8 images [B, S, S, 3] → the latent of each held still for one latent frame [B, C, h, w], made at
+        the video's size (a reference avatar's latent: `Conditioning.avatar_latent`)."""
+        cfg = self.vocoder.cfg
+        size = (cfg.video_height, cfg.video_width)
+        pixels = images.permute(0, 3, 1, 2).float()
+        if tuple(pixels.shape[-2:]) != size:
+            pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=True)
+        frames = pixels.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        still = frames[:, None].expand(-1, cfg.video_frames_per_latent, -1, -1, -1)
+        return self.video_encoder.encode(still.contiguous())[:, 0]

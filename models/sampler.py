@@ -76,7 +76,7 @@ def negative_conditioning(cfg: SonateConfig, cond: Conditioning, seeds: list[int
     """The CFG negative: the same instruction and avatar, the reference voice replaced by seeded white noise."""
     samples = cond.voice.shape[-1]
     noise = torch.stack([white_noise(samples, cfg.negative_noise_std, seed) for seed in seeds])
-    return Conditioning(cond.instruction_ids, noise.to(cond.voice), cond.avatar)
+    return Conditioning(cond.instruction_ids, noise.to(cond.voice), cond.avatar, cond.avatar_latent)
 
 
 @dataclass
@@ -122,7 +122,9 @@ class ChunkStream:
         self.branches = 2 if guidance.enabled else 1
         param = next(model.parameters())
         self.cache = KVCache(cfg, capacity * self.branches, param.device, param.dtype)
-        self.timbre = torch.zeros(capacity * self.branches, cfg.dim, device=param.device, dtype=param.dtype)
+        rows = capacity * self.branches
+        self.timbre = torch.zeros(rows, cfg.dim, device=param.device, dtype=param.dtype)
+        self.reference = torch.zeros(rows, cfg.video_tokens_per_latent, cfg.dim, device=param.device, dtype=param.dtype)
         self.seeds = [0] * capacity
         self.active: list[int] = []  # the slots of the chunk being made
 
@@ -160,6 +162,7 @@ class ChunkStream:
         prefix = self.model.conditioning(cond)
         self.model.prefix_tokens(prefix, PrefixAttention(self.cache, rows))
         self.timbre[rows.to(self.timbre.device)] = prefix.timbre
+        self.reference[rows.to(self.reference.device)] = prefix.reference
 
     def begin(self, slots: list[int]) -> None:
         """Gather the sinks and windows of `slots` for their next chunk; every step of that chunk reads them."""
@@ -173,7 +176,7 @@ class ChunkStream:
         model = self.model
         rows = self.cache.active
         t_rows = torch.as_tensor(t, dtype=torch.float32, device=audio.device).reshape(-1, 1).expand(len(rows), 1)
-        x_a, x_v = model.embed_chunks(audio, video, phonemes)
+        x_a, x_v = model.embed_chunks(audio, video, phonemes, self.reference[rows])
         mod_a, mod_v = model.modulation(t_rows, self.timbre[rows])
         x_a, x_v = model.run_blocks(x_a, x_v, mod_a, mod_v, ChunkAttention(self.cache, write=False))
         return model.heads(x_a, x_v, mod_a, mod_v)
@@ -194,7 +197,7 @@ class ChunkStream:
         model = self.model
         rows = len(self.cache.active)
         audio, video = audio.repeat(self.branches, 1, 1), video.repeat(self.branches, 1, 1, 1, 1)
-        x_a, x_v = model.embed_chunks(audio, video, phonemes.repeat(self.branches))
+        x_a, x_v = model.embed_chunks(audio, video, phonemes.repeat(self.branches), self.reference[self.cache.active])
         mod_a, mod_v = model.modulation(torch.zeros(rows, 1, device=audio.device), self.timbre[self.cache.active])
         model.run_blocks(x_a, x_v, mod_a, mod_v, ChunkAttention(self.cache, write=True))
         self.cache.end_chunk()

@@ -123,8 +123,8 @@ def teacher_forward(
     noisy_chunks = list(range(clean_chunks)) if noisy_chunks is None else noisy_chunks
     layout = token_layout(cfg, clean_chunks, noisy_chunks)
     window = cfg.window_chunks if window == -1 else window
-    clean_a, clean_v = model.embed_chunks(*clean, clean_phonemes)
-    noisy_a, noisy_v = model.embed_chunks(*noisy, noisy_phonemes)
+    clean_a, clean_v = model.embed_chunks(*clean, clean_phonemes, prefix.reference)
+    noisy_a, noisy_v = model.embed_chunks(*noisy, noisy_phonemes, prefix.reference)
     x_a = torch.cat((prefix.audio, clean_a, noisy_a), dim=1)
     x_v = torch.cat((prefix.video, clean_v, noisy_v), dim=1)
     batch = noisy_t.shape[0]

@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from sonate.models.audio import white_noise
 from sonate.models.conditioning import INSTRUCTION_PAD, Conditioning, encode_instruction
 from sonate.models.config import SonateConfig
+from sonate.models.decoders import Codecs
 from sonate.models.frontend import PhonemeTimeline
 from sonate.models.sampler import chunk_phonemes
 from sonate.models.teacher import teacher_forward
@@ -79,20 +80,18 @@ class EncodedClip:
     avatar: str
 
 
-AudioEncoder = Callable[[Tensor], Tensor]  # waveform [B, samples] → latents [B, F, Ca]
-VideoEncoder = Callable[[Tensor], Tensor]  # frames uint8 [B, N, H, W, 3] → latents [B, N/4, C, h, w]
-
-
 @dataclass
 class EncodedSplit:
     """A split of the world encoded for training, with the reference voices and images its clips use.
 
-    voices: timbre → waveform [samples] at the model's rate; avatars: avatar → image [3, S, S] in [0, 1].
+    voices: timbre → waveform [samples] at the model's rate; avatars: avatar → image [3, S, S] in [0, 1];
+    avatar_latents: avatar → its reference latent [C, h, w].
     """
 
     clips: list[EncodedClip]
     voices: dict[str, Tensor]
     avatars: dict[str, Tensor]
+    avatar_latents: dict[str, Tensor]
 
 
 @torch.no_grad()
@@ -100,8 +99,7 @@ def encode_split(
     cfg: SonateConfig,
     world: World,
     split: str,
-    encode_audio: AudioEncoder,
-    encode_video: VideoEncoder,
+    codecs: Codecs,
     max_clips: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> EncodedSplit:
@@ -119,8 +117,8 @@ def encode_split(
         timeline = PhonemeTimeline(list(clip.phonemes), len(clip.frames) / clip.fps)
         clips.append(
             EncodedClip(
-                audio=encode_audio(audio[None])[0].float(),
-                video=encode_video(frames[None])[0].half(),
+                audio=codecs.encode_audio(audio[None])[0].float(),
+                video=codecs.encode_video(frames[None])[0].half(),
                 phonemes=chunk_phonemes(cfg, [timeline], 0, chunks),
                 instruction=encode_instruction(cfg, info.instruction),
                 timbre=info.timbre,
@@ -132,11 +130,10 @@ def encode_split(
     voices = {
         t: torch.from_numpy(world.reference_voice(t, "a", cfg.sample_rate)) for t in sorted({c.timbre for c in clips})
     }
-    avatars = {
-        a: torch.from_numpy(world.reference_image(a, cfg.identity_image_size)).permute(2, 0, 1).float() / 255.0
-        for a in sorted({c.avatar for c in clips})
-    }
-    return EncodedSplit(clips, voices, avatars)
+    images = {a: torch.from_numpy(world.reference_image(a, cfg.avatar_image_size)) for a in {c.avatar for c in clips}}
+    avatars = {a: image.permute(2, 0, 1).float() / 255.0 for a, image in sorted(images.items())}
+    latents = {a: codecs.encode_still(image[None])[0] for a, image in sorted(images.items())}
+    return EncodedSplit(clips, voices, avatars, latents)
 
 
 def clip_chunks(cfg: SonateConfig, clip: EncodedClip) -> int:
@@ -161,7 +158,7 @@ def sample_batch(cfg: SonateConfig, train: TrainConfig, data: EncodedSplit, rng:
     if not eligible:
         raise ValueError(f"no clip has {k} whole chunks; use fewer --chunks")
     reference = int(rng.uniform(*train.reference_seconds) * cfg.sample_rate)
-    audio, video, phonemes, instructions, voices, avatars = [], [], [], [], [], []
+    audio, video, phonemes, instructions, voices, avatars, latents = [], [], [], [], [], [], []
     for _ in range(train.batch):
         clip = rng.choice(eligible)
         first = 0 if rng.random() < train.first_window else rng.randrange(clip_chunks(cfg, clip) - k + 1)
@@ -185,7 +182,8 @@ def sample_batch(cfg: SonateConfig, train: TrainConfig, data: EncodedSplit, rng:
             start = rng.randrange(len(voice) - reference + 1)
             voices.append(voice[start : start + reference])
         avatars.append(data.avatars[clip.avatar])
-    cond = Conditioning(torch.stack(instructions), torch.stack(voices), torch.stack(avatars))
+        latents.append(data.avatar_latents[clip.avatar])
+    cond = Conditioning(torch.stack(instructions), torch.stack(voices), torch.stack(avatars), torch.stack(latents))
     return Batch(torch.stack(audio), torch.stack(video), ChunkPhonemes.cat(phonemes), cond)
 
 

@@ -181,8 +181,11 @@ class SonateModel(nn.Module):
         video = self.video_adaln(time).unflatten(-1, (8, -1))
         return audio, video
 
-    def embed_chunks(self, audio: Tensor, video: Tensor, phonemes: ChunkPhonemes) -> tuple[Tensor, Tensor]:
-        """Latents of n whole chunks → tokens with their phoneme and speaker embeddings added.
+    def embed_chunks(
+        self, audio: Tensor, video: Tensor, phonemes: ChunkPhonemes, reference: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Latents of n whole chunks → tokens with their phoneme and speaker embeddings and, on the video tokens,
+        the reference tokens (`PrefixTokens.reference`, [B, video_tokens_per_latent, dim]) added.
 
         audio: [B, n·chunk_audio_latents, audio_latent_dim]; video: [B, n·chunk_video_latents, C, h, w].
         A video latent frame's tokens get the phonemes of each of its video frames, projected to one vector.
@@ -193,6 +196,7 @@ class SonateModel(nn.Module):
         per_latent = self.video_phoneme_proj(per_frame.unflatten(1, (-1, self.cfg.video_frames_per_latent)).flatten(2))
         x_v = self.video_in(patchify(self.cfg, video))
         x_v = x_v + per_latent.repeat_interleave(self.cfg.video_tokens_per_latent, dim=1)
+        x_v = x_v + reference.repeat(1, video.shape[1], 1)
         return x_a, x_v
 
     def run_blocks(

@@ -250,13 +250,16 @@ def _synchronize(device: torch.device) -> None:
 
 
 def random_conditioning(cfg: SonateConfig, device: torch.device, dtype: torch.dtype) -> Conditioning:
-    """Seeded random instruction bytes, a white-noise reference voice and a random avatar image, batch 1."""
+    """Seeded random instruction bytes, a white-noise reference voice, a random avatar image and avatar latent,
+    batch 1."""
     generator = torch.Generator().manual_seed(SEED)
     ids = torch.randint(0, INSTRUCTION_PAD + 1, (1, cfg.instruction_tokens), generator=generator)
     voice = 0.1 * torch.randn(1, int(VOICE_SECONDS * cfg.sample_rate), generator=generator)
     size = cfg.identity_image_size
     avatar = torch.rand(1, 3, size, size, generator=generator)
-    return Conditioning(ids.to(device), voice.to(device, dtype), avatar.to(device, dtype))
+    latent_shape = (1, cfg.video_latent_channels, cfg.video_latent_height, cfg.video_latent_width)
+    latent = torch.randn(latent_shape, generator=generator)
+    return Conditioning(ids.to(device), voice.to(device, dtype), avatar.to(device, dtype), latent.to(device, dtype))
 
 
 def random_phonemes(cfg: SonateConfig, chunks: int, device: torch.device) -> ChunkPhonemes:

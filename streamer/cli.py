@@ -47,7 +47,7 @@ def _run_generate(args: argparse.Namespace) -> None:
     checkpoint = load_checkpoint(args.checkpoint)
     model, cfg = checkpoint.model, checkpoint.model.cfg
     voice = None if args.voice is None else load_audio(args.voice, cfg.sample_rate, max_seconds=30.0)
-    avatar = None if args.avatar is None else load_image(args.avatar, cfg.identity_image_size)
+    avatar = None if args.avatar is None else load_image(args.avatar, cfg.avatar_image_size)
     started = time.perf_counter()
     clip = generate_clip(
         model,

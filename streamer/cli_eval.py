@@ -89,7 +89,7 @@ def checkpoint_system(
             loaded.codecs,
             info.text,
             voice=world.reference_voice(info.timbre, "a", cfg.sample_rate),
-            avatar=world.reference_image(info.avatar, cfg.identity_image_size),
+            avatar=world.reference_image(info.avatar, cfg.avatar_image_size),
             instruction=info.instruction,
             seed=seed + index,
             steps=steps,

@@ -44,8 +44,8 @@ def add_train_parser(subcommands: argparse._SubParsersAction) -> None:
     c = stages.add_parser("codecs", help="train the vocoder and the video autoencoder (the latent spaces)")
     c.add_argument("--data", required=True, type=Path, help="world folder")
     c.add_argument("--out", required=True, type=Path, help="folder for the three codec files")
-    c.add_argument("--vocoder-steps", type=int, default=1500, help="(default 1500)")
-    c.add_argument("--video-steps", type=int, default=1500, help="(default 1500)")
+    c.add_argument("--vocoder-steps", type=int, default=7500, help="(default 7500: ~13 min on one core)")
+    c.add_argument("--video-steps", type=int, default=4000, help="(default 4000: ~18 min on one core)")
     c.add_argument("--seed", type=int, default=0, help="(default 0)")
     c.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     c.set_defaults(run=_run_train_codecs)
@@ -84,9 +84,9 @@ def _run_train_codecs(args: argparse.Namespace) -> None:
     vocoder = train_vocoder(
         world,
         args.vocoder_steps,
-        batch=16,
+        batch=8,
         segment_seconds=1.0,
-        lr=2e-3,
+        lr=3e-3,
         seed=args.seed,
         progress=lambda step, steps, loss: bar.update(step, steps, f"stft {loss['stft']:.3f} mel {loss['mel']:.3f}"),
     )
@@ -95,7 +95,7 @@ def _run_train_codecs(args: argparse.Namespace) -> None:
     encoder, decoder = train_video_autoencoder(
         world,
         args.video_steps,
-        batch=16,
+        batch=8,
         lr=2e-3,
         seed=args.seed,
         progress=lambda step, loss: bar.update(step + 1, args.video_steps, f"loss {loss:.4f}"),
@@ -184,8 +184,7 @@ def _encoded(
             cfg,
             world,
             split,
-            codecs.encode_audio,
-            codecs.encode_video,
+            codecs,
             limit,
             progress=lambda done, total: bar.update(done, total, "clips"),
         )
@@ -209,7 +208,7 @@ def _write_sample(world: World, model: SonateModel, codecs: Codecs, path: Path) 
         codecs,
         info.text,
         voice=world.reference_voice(info.timbre, "a", cfg.sample_rate),
-        avatar=world.reference_image(info.avatar, cfg.identity_image_size),
+        avatar=world.reference_image(info.avatar, cfg.avatar_image_size),
         instruction=info.instruction,
     )
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,7 @@ def generate_clip(
     if not timeline.phonemes:
         raise SonateInputError(f"nothing to speak in {text!r}; give words, not only punctuation")
     guidance = guidance or Guidance(cfg.audio_guidance, cfg.video_guidance)
-    cond = session_conditioning(model, voice, avatar, instruction)
+    cond = session_conditioning(model, codecs, voice, avatar, instruction)
     if one_pass:
         stream: ChunkStream | RecomputeStream = RecomputeStream(model, cond, [seed], guidance, steps)
     else:

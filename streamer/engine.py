@@ -114,7 +114,7 @@ class Engine:
             model, codecs = default.model, default.codecs
         self.model = model
         self.cfg = self.model.cfg
-        codecs = codecs or Codecs.random(self.cfg)
+        self.codecs = codecs or Codecs.random(self.cfg)
         self.config = config or EngineConfig()
         if self.config.source not in SOURCES:
             raise SonateInputError(f"unknown media source {self.config.source!r}; choose one of {', '.join(SOURCES)}")
@@ -122,8 +122,8 @@ class Engine:
             raise ValueError("max_lead_chunks must not exceed the model's max_rollback_chunks")
         guidance = self.config.guidance or Guidance(self.cfg.audio_guidance, self.cfg.video_guidance)
         self.stream = ChunkStream(self.model, self.config.max_sessions, guidance, self.config.steps)
-        self.vocoder = codecs.vocoder
-        self.video_decoder = codecs.video_decoder
+        self.vocoder = self.codecs.vocoder
+        self.video_decoder = self.codecs.video_decoder
         self.sessions: dict[str, Session] = {}
         self.metrics = EngineMetrics()
         self._free_slots = list(range(self.config.max_sessions))
@@ -185,7 +185,7 @@ class Engine:
         session = Session(self, uuid.uuid4().hex[:16], slot)
         seed = int.from_bytes(uuid.uuid4().bytes[:4], "little") if seed is None else seed
         try:
-            cond = session_conditioning(self.model, voice, avatar, instruction)
+            cond = session_conditioning(self.model, self.codecs, voice, avatar, instruction)
             await self._in_compute(self.stream.open, [slot], cond, [seed])
         except BaseException:
             self._free_slots.append(slot)
@@ -208,7 +208,7 @@ class Engine:
             previous[1] if voice is None else voice,
             previous[2] if avatar is None else avatar,
         )
-        cond = session_conditioning(self.model, references[1], references[2], references[0])
+        cond = session_conditioning(self.model, self.codecs, references[1], references[2], references[0])
         await self._in_compute(self.stream.condition, [session.slot], cond)
         session.references = references
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from sonate.models.conditioning import Conditioning, encode_instruction
+from sonate.models.decoders import Codecs
 from sonate.models.espeak import synthesize
 from sonate.models.media_io import resample
 from sonate.models.transformer import SonateModel
@@ -30,15 +31,18 @@ def default_avatar(size: int) -> np.ndarray:
 
 
 def session_conditioning(
-    model: SonateModel, voice: np.ndarray | None, avatar: np.ndarray | None, instruction: str
+    model: SonateModel, codecs: Codecs, voice: np.ndarray | None, avatar: np.ndarray | None, instruction: str
 ) -> Conditioning:
-    """Conditioning of one sequence from a voice [samples] at the model's rate, an RGB avatar and an instruction."""
+    """Conditioning of one sequence from a voice [samples] at the model's rate, an RGB avatar [S, S, 3] uint8
+    (read at `cfg.avatar_image_size`) and an instruction; `codecs` make the avatar's reference latent."""
     cfg = model.cfg
     voice = default_voice(cfg.sample_rate) if voice is None else voice
-    avatar = default_avatar(cfg.identity_image_size) if avatar is None else avatar
+    avatar = default_avatar(cfg.avatar_image_size) if avatar is None else avatar
     param = next(model.parameters())
+    image = torch.as_tensor(np.ascontiguousarray(avatar))[None]
     return Conditioning(
         encode_instruction(cfg, instruction)[None].to(param.device),
         torch.as_tensor(voice, dtype=param.dtype, device=param.device)[None],
-        torch.as_tensor(avatar, device=param.device).permute(2, 0, 1)[None].to(param.dtype) / 255.0,
+        image.permute(0, 3, 1, 2).to(param.device, param.dtype) / 255.0,
+        codecs.encode_still(image).to(param.device, param.dtype),
     )

@@ -146,7 +146,7 @@ class Registry:
         self.session_timeout_s = session_timeout_s
         self.sessions: dict[str, Hosted] = {}
         self.voices = Library("voice", max_uploads, {"seconds": None, "sample_rate": cfg.sample_rate})
-        size = cfg.identity_image_size
+        size = cfg.avatar_image_size
         self.avatars = Library("avatar", max_uploads, {"width": size, "height": size})
         self.viewers = WebRTCViewers(ice_timeout_s=ice_timeout_s, on_viewers_changed=self._viewers_changed)
         self.stats = RegistryStats()
@@ -215,7 +215,7 @@ class Registry:
         if avatar_id is not None:
             avatar = self.avatars.get(avatar_id).data
             if avatar is None:
-                avatar = default_avatar(cfg.identity_image_size)
+                avatar = default_avatar(cfg.avatar_image_size)
         return voice, avatar
 
     # --- connections -------------------------------------------------------------------------------------------

@@ -244,7 +244,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     @app.post("/v1/avatars", status_code=201)
     async def upload_avatar(request: Request) -> JSONResponse:
         body = await _read_body(request, config.max_body_bytes)
-        size = cfg.identity_image_size
+        size = cfg.avatar_image_size
         try:
             avatar = await asyncio.get_running_loop().run_in_executor(None, _decode_avatar, body, size)
         except SonateInputError as exc:

@@ -18,12 +18,13 @@ def small_config(**overrides: object) -> SonateConfig:
 
 
 def random_conditioning(cfg: SonateConfig, batch: int, seed: int = 0) -> Conditioning:
-    """Distinct instruction, voice and avatar per sequence."""
+    """Distinct instruction, voice, avatar and avatar latent per sequence."""
     generator = torch.Generator().manual_seed(seed)
     instructions = torch.stack([encode_instruction(cfg, f"voice {i}, face {i}") for i in range(batch)])
     voice = torch.randn(batch, cfg.sample_rate, generator=generator) * 0.1
     avatar = torch.rand(batch, 3, cfg.identity_image_size, cfg.identity_image_size, generator=generator)
-    return Conditioning(instructions, voice, avatar)
+    latent_shape = (batch, cfg.video_latent_channels, cfg.video_latent_height, cfg.video_latent_width)
+    return Conditioning(instructions, voice, avatar, torch.randn(latent_shape, generator=generator))
 
 
 def random_phonemes(cfg: SonateConfig, batch: int, chunks: int, seed: int = 0) -> ChunkPhonemes:
@@ -79,4 +80,6 @@ def synthetic_split(cfg: SonateConfig, clips: int, chunks: int, seed: int) -> En
     voices = {f"t{i}": torch.randn(cfg.sample_rate * 2, generator=generator) * 0.1 for i in range(2)}
     avatars = {f"a{i}": torch.rand(3, cfg.identity_image_size, cfg.identity_image_size, generator=generator)
                for i in range(2)}  # fmt: skip
-    return EncodedSplit(items, voices, avatars)
+    latents = {f"a{i}": torch.randn(cfg.video_latent_channels, cfg.video_latent_height, cfg.video_latent_width,
+                                    generator=generator) for i in range(2)}  # fmt: skip
+    return EncodedSplit(items, voices, avatars, latents)

@@ -80,3 +80,14 @@ def test_patchify_inverts(cfg: SonateConfig) -> None:
     tokens = patchify(cfg, video)
     assert tokens.shape == (2, 3 * cfg.chunk_video_tokens, cfg.video_latent_channels * cfg.video_patch**2)
     assert torch.equal(unpatchify(cfg, tokens), video)
+
+
+def test_a_still_image_encodes_as_its_four_frames_do() -> None:
+    cfg = SonateConfig.preset("tiny")
+    codecs = Codecs.random(cfg)
+    image = torch.randint(0, 256, (2, cfg.avatar_image_size, cfg.avatar_image_size, 3), dtype=torch.uint8)
+    still = codecs.encode_still(image)
+    frames = image[:, None].expand(-1, cfg.video_frames_per_latent, -1, -1, -1).contiguous()
+    assert still.shape == (2, cfg.video_latent_channels, cfg.video_latent_height, cfg.video_latent_width)
+    assert torch.equal(still, codecs.encode_video(frames)[:, 0])
+    assert not torch.equal(still[0], still[1])

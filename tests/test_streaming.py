@@ -181,14 +181,14 @@ def test_ring_equals_list_reference() -> None:
             ph = phonemes.select(k, 1, cfg)
             stream.begin(list(range(batch)))
             got = stream.velocity(*chunk_slice(cfg, noisy, k), 0.7, ph)
-            x_a, x_v = model.embed_chunks(*chunk_slice(cfg, noisy, k), ph)
+            x_a, x_v = model.embed_chunks(*chunk_slice(cfg, noisy, k), ph, prefix.reference)
             mod_a, mod_v = model.modulation(torch.full((batch, 1), 0.7), prefix.timbre)
             x_a, x_v = model.run_blocks(x_a, x_v, mod_a, mod_v, reference.chunk(k, write=False))
             want = model.heads(x_a, x_v, mod_a, mod_v)
             for g, w in zip(got, want, strict=True):
                 assert (g - w).abs().max() <= TOLERANCE
             stream.commit(*chunk_slice(cfg, clean, k), ph)
-            x_a, x_v = model.embed_chunks(*chunk_slice(cfg, clean, k), ph)
+            x_a, x_v = model.embed_chunks(*chunk_slice(cfg, clean, k), ph, prefix.reference)
             mod_a, mod_v = model.modulation(torch.zeros(batch, 1), prefix.timbre)
             model.run_blocks(x_a, x_v, mod_a, mod_v, reference.chunk(k, write=True))
 
@@ -264,15 +264,11 @@ def test_sessions_batched_at_different_positions_equal_separate_runs(
     phonemes = random_phonemes(cfg, 2, 5)
     alone = []
     for slot in range(2):
-        row = Conditioning(
-            cond.instruction_ids[slot : slot + 1], cond.voice[slot : slot + 1], cond.avatar[slot : slot + 1]
-        )
-        stream = ChunkStream.open_batch(model, row, [10 + slot], guidance)
+        stream = ChunkStream.open_batch(model, cond.rows(slice(slot, slot + 1)), [10 + slot], guidance)
         alone.append([stream.generate(phonemes.select(k, 1, cfg).rows([slot])) for k in range(5)])
 
     shared = ChunkStream(model, capacity=2, guidance=guidance)
-    row0 = Conditioning(cond.instruction_ids[:1], cond.voice[:1], cond.avatar[:1])
-    row1 = Conditioning(cond.instruction_ids[1:], cond.voice[1:], cond.avatar[1:])
+    row0, row1 = cond.rows(slice(0, 1)), cond.rows(slice(1, 2))
     shared.open([0], row0, [10])
     for k in range(3):
         assert _equal(shared.generate(phonemes.select(k, 1, cfg).rows([0]), slots=[0]), alone[0][k])

@@ -69,7 +69,7 @@ def test_generate_writes_a_synchronized_mp4(tmp_path: Path) -> None:
     result = sonate("generate", "--text", text, "--out", out, "--voice", voice, "--avatar", avatar, "--steps", "2")
     assert result.returncode == 0, result.stderr
     assert str(out) in result.stdout
-    assert "random" in result.stderr  # no default checkpoint shipped yet: it says so
+    assert "random" not in result.stderr  # the shipped default checkpoint, not the random stand-in
     video_s, audio_s, video_codec, audio_codec = durations(out)
     assert (video_codec, audio_codec) == ("h264", "aac")
     assert abs(video_s - audio_s) <= 1 / 25 + 1e-6

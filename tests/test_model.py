@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sonate.models.checkpoint import from_pretrained, load_checkpoint, save_pretrained
+from sonate.models.checkpoint import DEFAULT_CHECKPOINT, from_pretrained, load_checkpoint, save_pretrained
 from sonate.models.config import PRESETS, SonateConfig
 from sonate.models.decoders import CODEC_FILES, Codecs
 from sonate.models.errors import SonateInputError
@@ -91,3 +91,13 @@ def test_a_still_image_encodes_as_its_four_frames_do() -> None:
     assert still.shape == (2, cfg.video_latent_channels, cfg.video_latent_height, cfg.video_latent_width)
     assert torch.equal(still, codecs.encode_video(frames)[:, 0])
     assert not torch.equal(still[0], still[1])
+
+
+def test_the_shipped_default_is_trained_tiny_and_small() -> None:
+    files = sorted(DEFAULT_CHECKPOINT.iterdir())
+    assert {f.name for f in files} == {"config.json", "model.safetensors", *CODEC_FILES.values()}
+    assert sum(f.stat().st_size for f in files) <= 60 * 2**20
+    loaded = load_checkpoint(None)
+    assert not loaded.random_weights and loaded.model.cfg == SonateConfig.preset("tiny")
+    std = loaded.codecs.vocoder.encoder.std
+    assert not torch.equal(std, torch.ones_like(std))  # the latent normalisation was fitted, not left at its init

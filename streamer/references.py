@@ -7,24 +7,32 @@ import functools
 import numpy as np
 import torch
 
+from sonate.models.checkpoint import DEFAULT_CHECKPOINT
 from sonate.models.conditioning import Conditioning, encode_instruction
 from sonate.models.decoders import Codecs
 from sonate.models.espeak import synthesize
-from sonate.models.media_io import resample
+from sonate.models.media_io import load_audio, load_image, resample
 from sonate.models.transformer import SonateModel
 
 DEFAULT_VOICE_TEXT = "This is the voice sonate speaks with when it is given no reference."
+DEFAULT_REFERENCES = DEFAULT_CHECKPOINT / "references"  # a voice and a face of the world's test split
 
 
 @functools.cache
 def default_voice(sample_rate: int) -> np.ndarray:
-    """The reference voice used when none is given: espeak-ng's en-us voice, [samples] at `sample_rate` Hz."""
+    """The reference voice used when none is given, [samples] at `sample_rate` Hz: the one shipped with the default
+    checkpoint (a timbre it never saw in training), else espeak-ng's en-us voice."""
+    if (DEFAULT_REFERENCES / "voice.wav").is_file():
+        return load_audio(DEFAULT_REFERENCES / "voice.wav", sample_rate)
     speech = synthesize(DEFAULT_VOICE_TEXT)
     return resample(speech.samples, speech.sample_rate, sample_rate)
 
 
 def default_avatar(size: int) -> np.ndarray:
-    """The reference image used when none is given: a neutral vertical gradient, [size, size, 3] uint8."""
+    """The reference image used when none is given, [size, size, 3] uint8: the face shipped with the default
+    checkpoint (an avatar it never saw in training), else a neutral vertical gradient."""
+    if (DEFAULT_REFERENCES / "avatar.png").is_file():
+        return load_image(DEFAULT_REFERENCES / "avatar.png", size)
     ramp = np.linspace(0.35, 0.75, size, dtype=np.float32)[:, None, None]
     tint = np.array([0.9, 0.85, 1.0], dtype=np.float32)
     return np.broadcast_to(ramp * tint * 255, (size, size, 3)).round().astype(np.uint8)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -12,6 +13,7 @@ from sonate.models.checkpoint import DEFAULT_CHECKPOINT, from_pretrained, load_c
 from sonate.models.config import PRESETS, SonateConfig
 from sonate.models.decoders import CODEC_FILES, Codecs
 from sonate.models.errors import SonateInputError
+from sonate.models.media_io import load_audio
 from sonate.models.transformer import SonateModel, patchify, unpatchify
 from tests.conftest import random_latents
 
@@ -94,10 +96,21 @@ def test_a_still_image_encodes_as_its_four_frames_do() -> None:
 
 
 def test_the_shipped_default_is_trained_tiny_and_small() -> None:
-    files = sorted(DEFAULT_CHECKPOINT.iterdir())
-    assert {f.name for f in files} == {"config.json", "model.safetensors", *CODEC_FILES.values()}
+    files = sorted(f for f in DEFAULT_CHECKPOINT.rglob("*") if f.is_file())
+    names = {f.relative_to(DEFAULT_CHECKPOINT).as_posix() for f in files}
+    assert names == {"config.json", "model.safetensors", *CODEC_FILES.values(), "references/voice.wav",
+                     "references/avatar.png"}  # fmt: skip
     assert sum(f.stat().st_size for f in files) <= 60 * 2**20
     loaded = load_checkpoint(None)
     assert not loaded.random_weights and loaded.model.cfg == SonateConfig.preset("tiny")
     std = loaded.codecs.vocoder.encoder.std
     assert not torch.equal(std, torch.ones_like(std))  # the latent normalisation was fitted, not left at its init
+
+
+def test_the_default_references_are_the_shipped_voice_and_face() -> None:
+    from sonate.streamer.references import DEFAULT_REFERENCES, default_avatar, default_voice
+
+    face = default_avatar(128)
+    assert face.shape == (128, 128, 3) and len(np.unique(face.reshape(-1, 3), axis=0)) > 50  # a face, no gradient
+    voice = default_voice(16000)
+    assert np.array_equal(voice, load_audio(DEFAULT_REFERENCES / "voice.wav", 16000)) and len(voice) > 2 * 16000

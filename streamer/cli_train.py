@@ -69,7 +69,6 @@ def add_train_parser(subcommands: argparse._SubParsersAction) -> None:
 
 def _run_train_codecs(args: argparse.Namespace) -> None:
     from sonate.models.audio_codec import train_vocoder
-    from sonate.models.config import SonateConfig
     from sonate.models.decoders import Codecs
     from sonate.models.video_codec import train_video_autoencoder
     from sonate.models.world.dataset import World
@@ -101,12 +100,7 @@ def _run_train_codecs(args: argparse.Namespace) -> None:
         progress=lambda step, loss: bar.update(step + 1, args.video_steps, f"loss {loss:.4f}"),
     )
     bar.close()
-    cfg = SonateConfig.preset("tiny")
-    codecs = Codecs.random(cfg)
-    codecs.vocoder.load_state_dict(vocoder.state_dict())
-    codecs.video_encoder.load_state_dict(encoder.state_dict())
-    codecs.video_decoder.load_state_dict(decoder.state_dict())
-    codecs.save(args.out)
+    Codecs(vocoder, encoder, decoder).save(args.out)
     print(f"wrote the codecs to {args.out} in {time.perf_counter() - started:.0f} s")
 
 

@@ -122,8 +122,6 @@ class Engine:
             raise ValueError("max_lead_chunks must not exceed the model's max_rollback_chunks")
         guidance = self.config.guidance or Guidance(self.cfg.audio_guidance, self.cfg.video_guidance)
         self.stream = ChunkStream(self.model, self.config.max_sessions, guidance, self.config.steps)
-        self.vocoder = self.codecs.vocoder
-        self.video_decoder = self.codecs.video_decoder
         self.sessions: dict[str, Session] = {}
         self.metrics = EngineMetrics()
         self._free_slots = list(range(self.config.max_sessions))
@@ -190,7 +188,7 @@ class Engine:
         except BaseException:
             self._free_slots.append(slot)
             raise
-        self._decoder_states[slot] = {-1: self.vocoder.init_state(1)}
+        self._decoder_states[slot] = {-1: self.codecs.vocoder.init_state(1)}
         session.references = (instruction, voice, avatar)
         self.sessions[session.id] = session
         log.info("session %s opened in slot %d", session.id, slot)
@@ -298,12 +296,12 @@ class Engine:
         for job in jobs:
             assert self.stream.chunk_index(job.session.slot) == job.chunk, "session and cache disagree"
         audio_latents, video_latents = self.stream.generate(ChunkPhonemes.cat([j.phonemes for j in jobs]), slots)
-        frames = self.video_decoder.decode(video_latents).numpy()
+        frames = self.codecs.video_decoder.decode(video_latents).numpy()
         chunks = []
         for i, job in enumerate(jobs):
             states = self._decoder_states.get(job.session.slot, {})
-            state = states.get(job.chunk - 1, self.vocoder.init_state(1))
-            audio, states[job.chunk] = self.vocoder.decode(audio_latents[i : i + 1], state)
+            state = states.get(job.chunk - 1, self.codecs.vocoder.init_state(1))
+            audio, states[job.chunk] = self.codecs.vocoder.decode(audio_latents[i : i + 1], state)
             for old in [c for c in states if c < job.chunk - cfg.max_rollback_chunks - 1]:
                 del states[old]
             chunks.append(

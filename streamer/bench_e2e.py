@@ -182,7 +182,8 @@ def bench_e2e(model: SonateModel, config: E2EConfig, codecs: Codecs | None = Non
 def _measure_engine(engine: Engine, run: Callable[[], tuple[list[SessionRun], float]]) -> dict:
     """Run the clients (`run`) and return their runs with the engine's and the processes' figures over that span."""
     metrics = engine.metrics
-    before = (metrics.compute_seconds, metrics.media_seconds, metrics.batches, engine.underruns, _cpu_seconds())
+    before = (metrics.compute_seconds, metrics.media_seconds, metrics.batches, engine.underruns, _cpu_seconds(),
+              _cpu_seconds(engine.compute_pid))  # fmt: skip
     started = time.monotonic()
     runs, clients_cpu_seconds = run()
     wall = time.monotonic() - started
@@ -195,6 +196,7 @@ def _measure_engine(engine: Engine, run: Callable[[], tuple[list[SessionRun], fl
         "batch_ms": [s * 1e3 for s in metrics.chunk_seconds[-batches:]] if batches else [],
         "engine_underruns": engine.underruns - before[3],
         "server_cpu_seconds": _cpu_seconds() - before[4],
+        "compute_cpu_seconds": _cpu_seconds(engine.compute_pid) - before[5],
         "clients_cpu_seconds": clients_cpu_seconds,
     }
 
@@ -246,10 +248,14 @@ def run_clapper_watch(url: str, config: E2EConfig) -> dict:
     return asyncio.run(_clapper_watch(url, config))
 
 
-def _cpu_seconds() -> float:
-    """CPU seconds (user + system) this process has used so far, all its threads together."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def _cpu_seconds(pid: int | None = None) -> float:
+    """CPU seconds (user + system) this process (or the running process `pid`, read from Linux's /proc) has
+    used so far, all its threads together."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 async def _clapper_watch(url: str, config: E2EConfig) -> dict:
@@ -343,6 +349,7 @@ def _report(model: SonateModel, config: E2EConfig, speech: dict, sync: dict, loa
         "media_seconds": media,
         "wall_seconds": wall,
         "server_cpu_per_second": speech["server_cpu_seconds"] / wall,
+        "compute_cpu_per_second": speech["compute_cpu_seconds"] / wall,
         "clients_cpu_per_second": speech["clients_cpu_seconds"] / wall,
         "batch_ms_p50": _percentile(speech["batch_ms"], 50),
         "batch_ms_p95": _percentile(speech["batch_ms"], 95),
@@ -405,7 +412,8 @@ def print_e2e_report(result: dict) -> None:
                 f"sessions; batch ms p50 {ms('batch_ms_p50')}, p95 {ms('batch_ms_p95')} for "
                 f"{result['chunk_seconds'] * 1000:.0f} ms of media per session)"),
         ("engine busy", f"{result['engine_busy']:.0%} of the wall time (real time needs well below 100 %)"),
-        ("cpu", f"server process {result['server_cpu_per_second']:.2f} cores, clients "
+        ("cpu", f"server process {result['server_cpu_per_second']:.2f} cores, its compute process "
+                f"{result['compute_cpu_per_second']:.2f}, clients "
                 f"{result['clients_cpu_per_second']:.2f} cores (of {machine['cpu_count']})"),
         ("a/v offset ms", f"|offset| p50 {ms('av_offset_ms_p50')}   p95 {ms('av_offset_ms_p95')}   "
                           f"max {ms('av_offset_ms_max')}   over {result['av_claps']} claps (by pts; "

@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -49,6 +49,17 @@ class AVChunk:
     def end(self) -> float:
         """End time in seconds."""
         return self.pts + self.seconds
+
+    def part(self, start: float, end: float) -> AVChunk:
+        """Its media in [start, end) seconds of presentation time; both must fall on video frame boundaries."""
+        first, last = (round((t - self.pts) * self.fps) for t in (start, end))
+        samples_per_frame = len(self.audio) // len(self.frames)
+        return replace(
+            self,
+            pts=self.pts + first / self.fps,
+            audio=self.audio[first * samples_per_frame : last * samples_per_frame],
+            frames=self.frames[first:last],
+        )
 
 
 @dataclass
@@ -95,7 +106,10 @@ class Playout:
         return self.position * TICK
 
     def push(self, chunk: AVChunk) -> None:
-        """Append the next chunk; the first one starts the clock."""
+        """Append the next chunk; the first one starts the clock. A chunk that starts before the buffered media
+        ends (it remakes media `truncate` cut away) contributes its part from that end on."""
+        if self.chunks and chunk.pts + 1e-9 < self.chunks[-1].end < chunk.end - 1e-9:
+            chunk = chunk.part(self.chunks[-1].end, chunk.end)
         if self.chunks and abs(chunk.pts - self.chunks[-1].end) > 1e-9:
             raise ValueError(f"chunk at {chunk.pts:.3f} s does not follow media ending at {self.chunks[-1].end:.3f} s")
         self.chunks.append(chunk)
@@ -160,10 +174,22 @@ class Playout:
     def drop_unplayed(self) -> float:
         """Forget every chunk after the one playing now; returns the media time (s) where new media must start."""
         playing = self.playing_chunk()
-        keep_until = _ticks(playing.end) if playing is not None else self.position
-        while self.chunks and _ticks(self.chunks[-1].pts) >= keep_until:
+        keep_until = playing.end if playing is not None else self.position_seconds
+        self.truncate(keep_until)
+        return keep_until
+
+    def truncate(self, seconds: float) -> None:
+        """Forget the buffered media from `seconds` (a video frame boundary not yet played) on; the chunk
+        holding that moment keeps its earlier part, and the next chunk pushed continues from there."""
+        self.advance()
+        cut = _ticks(seconds)
+        if cut < self.position:
+            raise ValueError(f"media at {seconds:.3f} s has already played")
+        while self.chunks and _ticks(self.chunks[-1].pts) >= cut:
             self.chunks.pop()
-        return keep_until * TICK
+        if self.chunks and _ticks(self.chunks[-1].end) > cut:
+            last = self.chunks.pop()
+            self.chunks.append(last.part(last.pts, seconds))
 
     def _chunk_at(self, position: int) -> AVChunk:
         for chunk in self.chunks:

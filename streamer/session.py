@@ -144,23 +144,32 @@ class Session:
         self.engine.request_rollback(self, self.next_chunk)
         return media_time
 
-    def _reclaim_idle_lead(self) -> None:
-        """Speech after silence: once its first chunk's phonemes are final, drop the idle chunks made ahead of
-        the playing one and start the speech right after it instead — but only when that chunk can surely be
-        made before the playing one ends (so the idle lead costs new text nothing, and no underrun)."""
+    def _start_speech_early(self) -> None:
+        """Speech after silence: once its first chunk's phonemes are final, start it at the first video frame a
+        chunk can surely be made by — inside the idle chunk playing now when there is time — instead of after
+        the idle media made ahead. The idle media from that frame on is cut, and the cache rolls back to remake
+        the chunk holding it with the speech in it; playout splices the remade chunk in at that frame. A frame
+        too close to its chunk's end moves to the next chunk, so the chunk after the remade one is in time too."""
         utterance = self.speech.current
         if utterance is None or self.playout.start_time is None or utterance.offset_s != self.generation_front:
             return  # no speech, not playing yet, or the speech has begun
-        if self.speech.final_until() < utterance.offset_s + self.engine.cfg.chunk_seconds:
-            return  # its first chunk is not final yet: keep the idle lead, which covers the wait
-        try:
-            playing = self.playout.playing_chunk()
-        except LookupError:  # an underrun: nothing is playing
-            return
-        if playing is None or utterance.offset_s <= playing.end + 1e-9:
-            return  # no idle chunk made ahead
-        if playing.end - self.playout.position_seconds >= self.engine.safe_chunk_latency():
-            utterance.offset_s = self._rewind()
+        cfg = self.engine.cfg
+        if self.speech.final_until() < utterance.offset_s + cfg.chunk_seconds:
+            return  # its first chunk is not final yet: the idle media covers the wait
+        self.playout.advance()
+        bound = self.engine.batch_latency_bound()
+        frame_s = 1 / cfg.video_fps
+        start = math.ceil((self.playout.position_seconds + bound) / frame_s - 1e-6) * frame_s
+        chunk_end = (math.floor(start / cfg.chunk_seconds + 1e-9) + 1) * cfg.chunk_seconds
+        if chunk_end - start < bound:  # the chunk after it could not be made in time: start at that chunk
+            start = chunk_end
+        if start >= utterance.offset_s - 1e-9:
+            return  # no earlier than it is
+        self.playout.truncate(start)
+        self.epoch += 1  # (no chunk is in flight: the scheduler decides between batches)
+        self.next_chunk = int(start / cfg.chunk_seconds + 1e-9)
+        self.engine.request_rollback(self, self.next_chunk)
+        utterance.offset_s = start
 
     # --- for the engine ----------------------------------------------------------------------------------------
 
@@ -174,7 +183,7 @@ class Session:
         config = self.engine.config
         chunk_end = (self.next_chunk + 1) * self.engine.cfg.chunk_seconds
         self.speech.feed()  # G2P for a bounded amount of the waiting text
-        self._reclaim_idle_lead()
+        self._start_speech_early()
         current = self.speech.current
         speaking = self.speech.pending or (current is not None and current.end_s > self.generation_front)
         lead = config.max_lead_chunks if speaking else config.idle_lead_chunks

@@ -148,7 +148,7 @@ async def test_many_sessions_leave_nothing_behind() -> None:
 
 def test_lead_counts_chunks_beyond_the_one_playing() -> None:
     """Clock-free: with chunk 0 playing, an idle session may make chunk 1 (so it is ready in time) but not 2."""
-    engine = small_engine()
+    engine = small_engine(idle_lead_chunks=1)
     session = Session(engine, "lead", slot=0)
     session.add_viewer()
     cfg = engine.cfg
@@ -190,26 +190,31 @@ async def test_waiting_text_is_dropped_by_an_interrupt() -> None:
         session.push_text("Hi ")  # the dropped text no longer counts
 
 
-@pytest.mark.parametrize("safe", [True, False], ids=["reclaimed", "kept"])
-async def test_speech_after_silence_takes_the_place_of_idle_chunks_when_safe(safe: bool, monkeypatch) -> None:
+@pytest.mark.parametrize("safe", [True, False], ids=["early", "kept"])
+async def test_speech_after_silence_starts_inside_the_idle_chunk_playing_when_safe(safe: bool, monkeypatch) -> None:
     async with small_engine() as engine:
-        if not safe:  # a chunk that may take longer than any chunk lasts: the idle lead must stay
-            monkeypatch.setattr(engine, "safe_chunk_latency", lambda: 10.0)
+        if not safe:  # a chunk that may take longer than any chunk lasts: the idle media made ahead must stay
+            monkeypatch.setattr(engine, "batch_latency_bound", lambda: 10.0)
         session = await engine.open_session(seed=3)
         chunks, events = [], []
         tasks = await collect(session, chunks, events)
         chunk_s = engine.cfg.chunk_seconds
         await wait_for(lambda: len(chunks) >= 6 and session.playout.position_seconds % chunk_s < 0.06)
-        playing_end = session.playout.playing_chunk().end
-        assert session.generation_front > playing_end  # the idle lead: a chunk made ahead of the playing one
+        playing = session.playout.playing_chunk()
+        assert session.generation_front > playing.end  # the idle lead: a chunk made ahead of the playing one
         front_at_push = session.generation_front
         session.push_text("Hello there.")
         session.flush()
         await wait_for(lambda: any(e["type"] == "speech.done" for e in events))
-        utterance = session.speech.current
-        assert utterance.offset_s == pytest.approx(playing_end if safe else front_at_push)
-        remade = [c.index for c in chunks].count(round(playing_end / chunk_s))
-        assert remade == (2 if safe else 1)  # the idle chunk, then the speech in its place
+        offset = session.speech.current.offset_s
+        if safe:  # inside the chunk that was playing, on a frame boundary, and that chunk was made again
+            assert playing.pts < offset < playing.end
+            assert offset * engine.cfg.video_fps == pytest.approx(round(offset * engine.cfg.video_fps))
+            assert [c.index for c in chunks].count(playing.index) == 2
+        else:
+            assert offset == pytest.approx(front_at_push)
+            assert [c.index for c in chunks].count(playing.index) == 1
+        assert events[0]["type"] == "speech.started" and events[0]["media_time"] == pytest.approx(offset, abs=0.05)
         assert session.playout.underruns == 0
         for task in tasks:
             task.cancel()

@@ -66,3 +66,34 @@ def test_drop_unplayed_keeps_the_playing_chunk() -> None:
     assert playout.drop_unplayed() == pytest.approx(2 * CHUNK_S)
     assert [c.index for c in playout.chunks] == [0, 1]
     playout.push(chunk(2))  # new media continues right after the playing chunk
+
+
+def test_a_remade_chunk_replaces_the_cut_media_from_the_cut_on() -> None:
+    """Speech taking the place of idle media: chunk 1 plays, the rest of it is cut at a frame boundary, and a
+    remade chunk 1 plays from the cut, with no hold and no shift of the frame grid."""
+    clock = FakeClock()
+    playout = Playout(16000, 25, 4, 4, clock=clock)
+    for i in range(3):
+        playout.push(chunk(i))
+    clock.now += CHUNK_S + 3 * TICK  # 3 ticks into chunk 1
+    cut_s = CHUNK_S + 6 * TICK  # 3 frames into chunk 1
+    with pytest.raises(ValueError, match="already played"):
+        playout.truncate(CHUNK_S)
+    playout.truncate(cut_s)
+    assert playout.buffered_until == round(cut_s / TICK)
+    remade = chunk(1)
+    remade.audio[:] = 11
+    remade.frames[..., 1] = 11
+    playout.push(remade)
+    with pytest.raises(ValueError, match="does not follow"):
+        playout.push(chunk(1))  # only a chunk that reaches past the cut may overlap it
+    clock.now += 0.2  # past the cut, still inside chunk 1
+    playout.advance()
+    assert playout.holds == 0
+    cut_tick = round(cut_s / TICK)
+    before, after = cut_tick - 1, cut_tick  # media ticks; the clock started at media 0, no holds
+    assert playout.audio(before)[0] == 1 and playout.audio(after)[0] == 11
+    assert playout.frame(before)[0, 0, 1] == 1 and playout.frame(after)[0, 0, 1] == 11
+    assert playout.frame(after)[0, 0, 0] == 3  # frame 3 of the remade chunk: the grid did not move
+    assert playout.buffered_until == round(2 * CHUNK_S / TICK)
+    playout.push(chunk(2))

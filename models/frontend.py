@@ -248,8 +248,10 @@ class IncrementalFrontend:
     """Turns text arriving in arbitrary pieces into a phoneme timeline, one unit at a time.
 
     A unit ends at . , ; : ! ? or newline, at a speaker tag ``[S0]``..``[S7]``, or after ``max_unit_words``
-    complete words; a word is complete once a whitespace/punctuation character (or a tag) follows it, or on
-    ``flush()``. Pushing a text in any split gives exactly the timeline of pushing it whole and flushing.
+    complete words (``first_unit_words`` for the first spoken unit: a short first unit lets speech start sooner
+    when text streams in word by word, at the price of one more break in the phrasing); a word is complete once
+    a whitespace/punctuation character (or a tag) follows it, or on ``flush()``. Pushing a text in any split
+    gives exactly the timeline of pushing it whole and flushing.
     Gaps (seconds of silence after a unit): ``word_gap_s`` after a unit cut by the word limit,
     ``clause_gap_s`` after , ; :, ``sentence_gap_s`` after . ! ? newline, a speaker tag or a flush.
     ``keep_audio=True`` keeps each unit's espeak audio for ``render_audio()`` (88 kB per second of speech).
@@ -262,19 +264,23 @@ class IncrementalFrontend:
         pitch: int = 50,
         pitch_range: int = 50,
         max_unit_words: int = 4,
+        first_unit_words: int | None = None,
         word_gap_s: float = 0.08,
         clause_gap_s: float = 0.25,
         sentence_gap_s: float = 0.45,
         keep_audio: bool = False,
     ) -> None:
-        if not isinstance(max_unit_words, int) or max_unit_words < 1:
-            raise SonateInputError(f"max_unit_words must be an int >= 1, got {max_unit_words!r}")
+        first_unit_words = max_unit_words if first_unit_words is None else first_unit_words
+        for name, words in (("max_unit_words", max_unit_words), ("first_unit_words", first_unit_words)):
+            if not isinstance(words, int) or words < 1:
+                raise SonateInputError(f"{name} must be an int >= 1, got {words!r}")
         gaps = {"word": word_gap_s, "clause": clause_gap_s, "sentence": sentence_gap_s}
         for name, gap in gaps.items():
             if not isinstance(gap, int | float) or not 0.0 <= gap < 60.0:
                 raise SonateInputError(f"{name}_gap_s must be a number of seconds in [0, 60), got {gap!r}")
         self.voice, self.rate_wpm, self.pitch, self.pitch_range = voice, rate_wpm, pitch, pitch_range
         self.max_unit_words = max_unit_words
+        self.first_unit_words = first_unit_words
         self.keep_audio = keep_audio
         # checks voice and parameters once, and learns the sample rate
         self.sample_rate: int = self._synthesize("").sample_rate  # Hz
@@ -372,7 +378,7 @@ class IncrementalFrontend:
                     return _Unit(start, i + 1, words, speaker, "clause" if char in _CLAUSE_END else "sentence", speaker)
             elif char.isspace():
                 close_word(i)
-                if len(words) >= self.max_unit_words:
+                if len(words) >= (self.first_unit_words if self._cursor == 0 else self.max_unit_words):
                     return _Unit(start, i + 1, words, speaker, "word", speaker)
                 i += 1
                 continue

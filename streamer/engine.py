@@ -43,7 +43,9 @@ class EngineConfig:
     max_lead_chunks: how far generation may run ahead of playback while speaking (must stay within the model's
     `max_rollback_chunks` so an interruption can roll back); idle_lead_chunks: the same when silent (speech
     that arrives cuts the idle media made ahead, so this costs new text no time: it is margin for busy
-    moments); lookahead_timeout_s: how long a half-arrived word may hold a chunk back (seconds); threads: torch
+    moments); lookahead_timeout_s: how long a half-arrived word may hold a chunk back (seconds);
+    first_unit_words: words in the first unit of text of an utterance given to G2P (fewer: speech starts sooner
+    on text streamed word by word; more: one phrasing break fewer; later units hold up to 4); threads: torch
     CPU threads of the compute process (None leaves torch's choice); source: "model" generates media,
     "clapper" replaces the model with A/V sync test media (a flash and a beep each second) on the same path.
     """
@@ -52,6 +54,7 @@ class EngineConfig:
     max_lead_chunks: int = 3
     idle_lead_chunks: int = 2
     lookahead_timeout_s: float = 0.4
+    first_unit_words: int = 2
     steps: int | None = None
     guidance: Guidance | None = None
     threads: int | None = 1

@@ -42,7 +42,7 @@ class Session:
         self.engine = engine
         self.id = session_id
         self.slot = slot
-        self.speech = SpeechTrack(voice=voice)
+        self.speech = SpeechTrack(voice=voice, first_unit_words=engine.config.first_unit_words)
         self.playout = Playout(cfg.sample_rate, cfg.video_fps, cfg.video_width, cfg.video_height)
         self.next_chunk = 0  # index of the chunk the engine makes next for this session
         self.epoch = 0  # bumped by each interruption; chunks made for an older epoch are dropped
@@ -181,9 +181,9 @@ class Session:
     def wants_chunk(self, now: float) -> bool:
         """Whether the next chunk should be made now: within the lead, its phonemes final, someone to see it."""
         config = self.engine.config
-        chunk_end = (self.next_chunk + 1) * self.engine.cfg.chunk_seconds
         self.speech.feed()  # G2P for a bounded amount of the waiting text
-        self._start_speech_early()
+        self._start_speech_early()  # (it may move next_chunk back; its chunk is then due in this very pass)
+        chunk_end = (self.next_chunk + 1) * self.engine.cfg.chunk_seconds
         current = self.speech.current
         speaking = self.speech.pending or (current is not None and current.end_s > self.generation_front)
         lead = config.max_lead_chunks if speaking else config.idle_lead_chunks

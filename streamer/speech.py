@@ -98,9 +98,11 @@ class Utterance:
 
 @dataclass
 class SpeechTrack:
-    """Every utterance of a session, and the session's whole accepted text."""
+    """Every utterance of a session, and the session's whole accepted text. `first_unit_words`: the frontend's
+    first unit of each utterance ends after this many words (None: its usual unit length)."""
 
     voice: str = "en-us"
+    first_unit_words: int | None = None
     text: str = ""
     utterances: list[Utterance] = field(default_factory=list)
 
@@ -133,7 +135,8 @@ class SpeechTrack:
         if waiting + len(piece) > MAX_PENDING_CHARS:
             raise SonateInputError(f"more than {MAX_PENDING_CHARS} characters of text are waiting; send less at once")
         if current is None or current.cut_s != math.inf or (not current.pending and current.end_s < generation_front_s):
-            current = Utterance(generation_front_s, len(self.text), IncrementalFrontend(voice=self.voice))
+            frontend = IncrementalFrontend(voice=self.voice, first_unit_words=self.first_unit_words)
+            current = Utterance(generation_front_s, len(self.text), frontend)
             self.utterances.append(current)
         start = len(self.text)
         current.unfed += piece

@@ -12,7 +12,7 @@ import pytest
 from sonate.models.checkpoint import random_model
 from sonate.models.errors import SonateInputError
 from sonate.streamer.engine import Engine, EngineConfig, EngineFull
-from sonate.streamer.playout import AVChunk
+from sonate.streamer.playout import TICK, AVChunk
 from sonate.streamer.session import Session
 from tests.conftest import small_config
 
@@ -166,6 +166,29 @@ def test_lead_counts_chunks_beyond_the_one_playing() -> None:
     assert session.wants_chunk(now)
     session.remove_viewer()
     assert not session.wants_chunk(now)  # nobody watches, nothing to say: pause
+
+
+def test_speech_that_starts_early_is_due_in_the_same_pass(monkeypatch) -> None:
+    """Clock-free: idle chunks 0–2 made, chunk 0 just begun; two final words (less than a chunk made ahead) start
+    inside chunk 0, and that remade chunk is due at once — a later pass could be a batch too late."""
+    engine = small_engine()
+    monkeypatch.setattr(engine, "batch_latency_bound", lambda: 0.05)
+    session = Session(engine, "early", slot=0)
+    session.add_viewer()
+    cfg = engine.cfg
+    now = 1000.0
+    session.playout.clock = lambda: now
+    for index in range(3):
+        session.deliver(AVChunk(index, index * cfg.chunk_seconds, np.zeros(cfg.chunk_audio_samples, np.float32),
+                                np.zeros((cfg.chunk_video_frames, cfg.video_height, cfg.video_width, 3), np.uint8),
+                                cfg.sample_rate, cfg.video_fps), epoch=0)  # fmt: skip
+    session.next_chunk = 3
+    now += 0.01
+    session.push_text("Let me walk ")  # the first unit is "Let me": final; "walk" waits for more words
+    assert session.wants_chunk(now)
+    assert session.next_chunk == 0 and 0 < session.speech.current.offset_s < cfg.chunk_seconds
+    assert session.playout.buffered_until * TICK == pytest.approx(session.speech.current.offset_s)
+    assert session.speech.final_until() < 3 * cfg.chunk_seconds  # the old front would not have been due
 
 
 async def test_a_long_piece_is_fed_to_g2p_in_bounded_steps() -> None:

@@ -125,6 +125,20 @@ def test_half_word_waits_for_completion_or_flush():
     assert more[0].start_s == end_s and frontend.text[more[0].text_start : more[0].text_end] == "Again"
 
 
+def test_a_short_first_unit_commits_sooner_and_keeps_any_split_exact():
+    frontend = IncrementalFrontend(max_unit_words=4, first_unit_words=2)
+    assert frontend.push("Let me ") and frontend.committed_chars == len("Let me ")  # two words: speak already
+    assert frontend.push("walk you through ") == []  # later units hold up to four words again
+    assert frontend.push("the ") and frontend.committed_chars == len("Let me walk you through the ")
+    text = "Let me walk you through the plan, one step at a time, for this afternoon."
+    whole = signature(run(text, first_unit_words=2))
+    assert signature(run(text, re.findall(r"\S+\s*", text), first_unit_words=2)) == whole
+    assert signature(run(text, list(text), first_unit_words=2)) == whole
+    assert whole != signature(run(text))  # one more unit break than with four-word units
+    with pytest.raises(SonateInputError, match="first_unit_words"):
+        IncrementalFrontend(first_unit_words=0)
+
+
 def test_gaps_follow_the_punctuation():
     frontend = run("One, two. Three four five six seven", max_unit_words=4)
     gaps = [

@@ -73,10 +73,28 @@ def chunk_phonemes(cfg: SonateConfig, timelines: list[PhonemeSource], first_chun
 
 
 def negative_conditioning(cfg: SonateConfig, cond: Conditioning, seeds: list[int]) -> Conditioning:
-    """The CFG negative: the same instruction and avatar, the reference voice replaced by seeded white noise."""
+    """The CFG negative's prefix: the same instruction and avatar, the reference voice replaced by seeded white
+    noise (its phonemes are dropped too: `branch_phonemes`)."""
     samples = cond.voice.shape[-1]
     noise = torch.stack([white_noise(samples, cfg.negative_noise_std, seed) for seed in seeds])
     return Conditioning(cond.instruction_ids, noise.to(cond.voice), cond.avatar, cond.avatar_latent)
+
+
+def dropped_phonemes(cfg: SonateConfig, ids: ChunkPhonemes) -> ChunkPhonemes:
+    """The phonemes replaced by the "dropped" id — the vocabulary's last, never a real phoneme — and speaker 0."""
+    dropped = cfg.phoneme_vocab - 1
+    return ChunkPhonemes(
+        torch.full_like(ids.audio, dropped),
+        torch.zeros_like(ids.audio_speaker),
+        torch.full_like(ids.video, dropped),
+        torch.zeros_like(ids.video_speaker),
+    )
+
+
+def branch_phonemes(cfg: SonateConfig, ids: ChunkPhonemes, branches: int) -> ChunkPhonemes:
+    """Phonemes for the rows of every CFG branch: [conditional | negative], the negative's dropped (as the
+    phoneme dropout in training drops them), so guidance also pushes speech and lips toward the phonemes."""
+    return ids if branches == 1 else ChunkPhonemes.cat([ids, dropped_phonemes(cfg, ids)])
 
 
 @dataclass
@@ -188,7 +206,8 @@ class ChunkStream:
         if self.branches == 1:
             return self.velocity(audio, video, t, phonemes)
         t_rows = torch.as_tensor(t, dtype=torch.float32).reshape(-1).expand(len(self.active)).repeat(2)
-        v_a, v_v = self.velocity(audio.repeat(2, 1, 1), video.repeat(2, 1, 1, 1, 1), t_rows, phonemes.repeat(2))
+        rows_phonemes = branch_phonemes(self.cfg, phonemes, 2)
+        v_a, v_v = self.velocity(audio.repeat(2, 1, 1), video.repeat(2, 1, 1, 1, 1), t_rows, rows_phonemes)
         return self.guidance.combine(v_a, v_v)
 
     @torch.no_grad()
@@ -197,7 +216,8 @@ class ChunkStream:
         model = self.model
         rows = len(self.cache.active)
         audio, video = audio.repeat(self.branches, 1, 1), video.repeat(self.branches, 1, 1, 1, 1)
-        x_a, x_v = model.embed_chunks(audio, video, phonemes.repeat(self.branches), self.reference[self.cache.active])
+        rows_phonemes = branch_phonemes(self.cfg, phonemes, self.branches)
+        x_a, x_v = model.embed_chunks(audio, video, rows_phonemes, self.reference[self.cache.active])
         mod_a, mod_v = model.modulation(torch.zeros(rows, 1, device=audio.device), self.timbre[self.cache.active])
         model.run_blocks(x_a, x_v, mod_a, mod_v, ChunkAttention(self.cache, write=True))
         self.cache.end_chunk()
@@ -271,7 +291,8 @@ class RecomputeStream:
         audio, video = (x.to(self.audio) for x in noise)
         prefix = model.conditioning(self.cond)
         clean = (self.audio.repeat(branches, 1, 1), self.video.repeat(branches, 1, 1, 1, 1))
-        clean_ids, noisy_ids = history.select(0, chunk, cfg).repeat(branches), phonemes.repeat(branches)
+        clean_ids = branch_phonemes(cfg, history.select(0, chunk, cfg), branches)
+        noisy_ids = branch_phonemes(cfg, phonemes, branches)
         for t, t_next in zip(self.schedule[:-1].tolist(), self.schedule[1:].tolist(), strict=True):
             noisy = (audio.repeat(branches, 1, 1), video.repeat(branches, 1, 1, 1, 1))
             t_rows = torch.full((len(self.seeds) * branches, 1), t, device=audio.device)

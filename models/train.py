@@ -33,7 +33,7 @@ from sonate.models.conditioning import INSTRUCTION_PAD, Conditioning, encode_ins
 from sonate.models.config import SonateConfig
 from sonate.models.decoders import Codecs
 from sonate.models.frontend import PhonemeTimeline
-from sonate.models.sampler import chunk_phonemes
+from sonate.models.sampler import chunk_phonemes, dropped_phonemes
 from sonate.models.teacher import teacher_forward
 from sonate.models.transformer import ChunkPhonemes, SonateModel
 from sonate.models.world.dataset import ClipInfo, World
@@ -185,17 +185,6 @@ def sample_batch(cfg: SonateConfig, train: TrainConfig, data: EncodedSplit, rng:
         latents.append(data.avatar_latents[clip.avatar])
     cond = Conditioning(torch.stack(instructions), torch.stack(voices), torch.stack(avatars), torch.stack(latents))
     return Batch(torch.stack(audio), torch.stack(video), ChunkPhonemes.cat(phonemes), cond)
-
-
-def dropped_phonemes(cfg: SonateConfig, ids: ChunkPhonemes) -> ChunkPhonemes:
-    """The phonemes replaced by the "dropped" id — the vocabulary's last, never a real phoneme — and speaker 0."""
-    dropped = cfg.phoneme_vocab - 1
-    return ChunkPhonemes(
-        torch.full_like(ids.audio, dropped),
-        torch.zeros_like(ids.audio_speaker),
-        torch.full_like(ids.video, dropped),
-        torch.zeros_like(ids.video_speaker),
-    )
 
 
 class FlowMatchingLoss(nn.Module):

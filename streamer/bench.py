@@ -32,7 +32,7 @@ from sonate.models.conditioning import INSTRUCTION_PAD, Conditioning
 from sonate.models.config import PRESETS, SonateConfig
 from sonate.models.decoders import Codecs
 from sonate.models.errors import SonateInputError
-from sonate.models.sampler import ChunkStream, Guidance, chunk_noise, negative_conditioning
+from sonate.models.sampler import ChunkStream, Guidance, branch_phonemes, chunk_noise, negative_conditioning
 from sonate.models.teacher import teacher_forward
 from sonate.models.transformer import ChunkPhonemes, SonateModel
 
@@ -219,7 +219,7 @@ def recompute_chunk(
     (clean_latents, clean_phonemes), ((audio, video), phonemes) = clean, chunk
     window = clean_latents[0].shape[1] // model.cfg.chunk_audio_latents
     clean_rows = tuple(_repeat_rows(x, rows) for x in clean_latents)
-    clean_phonemes, phonemes = clean_phonemes.repeat(rows), phonemes.repeat(rows)
+    clean_phonemes, phonemes = (branch_phonemes(model.cfg, ids, rows) for ids in (clean_phonemes, phonemes))
     for t, t_next in zip(schedule[:-1].tolist(), schedule[1:].tolist(), strict=True):
         prefix = model.conditioning(cond)
         noisy = (_repeat_rows(audio, rows), _repeat_rows(video, rows))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from sonate.models.conditioning import Conditioning
 from sonate.models.config import SonateConfig
 from sonate.models.positions import chunk_rope_tables
-from sonate.models.sampler import ChunkStream, Guidance, RecomputeStream, negative_conditioning
+from sonate.models.sampler import ChunkStream, Guidance, RecomputeStream, branch_phonemes, negative_conditioning
 from sonate.models.teacher import CLEAN, NOISY, PREFIX, teacher_forward, token_layout
 from sonate.models.transformer import ChunkPhonemes, SonateModel
 from tests.conftest import random_conditioning, random_latents, random_phonemes, small_config
@@ -49,7 +49,7 @@ def test_streaming_equals_one_pass(guided: bool, window: int) -> None:
         rows_cond,
         tuple(x.repeat(branches, *[1] * (x.dim() - 1)) for x in clean),
         tuple(x.repeat(branches, *[1] * (x.dim() - 1)) for x in noisy),
-        phonemes.repeat(branches),
+        branch_phonemes(cfg, phonemes, branches),  # the negative rows read dropped phonemes
         t.repeat(branches, 1),
     )
     with torch.no_grad():
@@ -57,7 +57,7 @@ def test_streaming_equals_one_pass(guided: bool, window: int) -> None:
             stream.begin(list(range(batch)))
             a, v = chunk_slice(cfg, noisy, k)
             a, v = a.repeat(branches, 1, 1), v.repeat(branches, 1, 1, 1, 1)
-            ph = phonemes.select(k, 1, cfg).repeat(branches)
+            ph = branch_phonemes(cfg, phonemes.select(k, 1, cfg), branches)
             got = stream.velocity(a, v, t[:, k].repeat(branches), ph)
             want = chunk_slice(cfg, expected, k)
             for g, w in zip(got, want, strict=True):

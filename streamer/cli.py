@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sonate.clients.say import add_say_parser
 from sonate.models.errors import SonateInputError
+from sonate.streamer.bench_compare import add_bench_compare_parser
 from sonate.streamer.bench_e2e import add_bench_e2e_parser
 from sonate.streamer.bench_kernels import add_bench_kernels_parser
 from sonate.streamer.cli_data import add_data_parser
@@ -141,6 +142,7 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     m.set_defaults(run=_run_bench_model)
     add_bench_e2e_parser(targets)
     add_bench_kernels_parser(targets)
+    add_bench_compare_parser(targets)
 
 
 def _run_bench_model(args: argparse.Namespace) -> None:

@@ -14,6 +14,7 @@ chunk again two ways, alternating, and compares their medians:
 
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import time
@@ -32,13 +33,21 @@ from sonate.models.conditioning import INSTRUCTION_PAD, Conditioning
 from sonate.models.config import PRESETS, SonateConfig
 from sonate.models.decoders import Codecs
 from sonate.models.errors import SonateInputError
-from sonate.models.sampler import ChunkStream, Guidance, branch_phonemes, chunk_noise, negative_conditioning
+from sonate.models.sampler import (
+    ChunkStream,
+    Guidance,
+    branch_phonemes,
+    chunk_noise,
+    flow_timesteps,
+    negative_conditioning,
+)
 from sonate.models.teacher import teacher_forward
 from sonate.models.transformer import ChunkPhonemes, SonateModel
 
 SEED = 0
 VOICE_SECONDS = 3.0  # length of the random reference voice clip
 SPEEDUP_REPEATS = 5  # timings of the last chunk per path (cached, uncached); the medians are compared
+RECOMPUTE_REPEATS = 3  # timings of a recomputed chunk per length of the recompute curve (the median is kept)
 
 T = TypeVar("T")
 
@@ -52,6 +61,7 @@ def bench_model(
     threads: int | None = None,
     model: SonateModel | None = None,
     codecs: Codecs | None = None,
+    recompute_seconds: tuple[float, ...] = (),
 ) -> dict:
     """Stream `seconds` of media for batch 1 and return the figures as a JSON-able dict.
 
@@ -61,6 +71,8 @@ def bench_model(
     and `cfg` is ignored. Every chunk is also decoded to audio and frames by `codecs` (default: seeded random
     ones; their cost does not depend on the weights). Times are wall-clock (`time.perf_counter`), in ms per
     chunk; `rtf` is the model's compute seconds per media second, `rtf_total` adds the decoders.
+    For each length in `recompute_seconds` (media seconds streamed), `recompute_curve` adds the cost of one chunk
+    made by recomputing everything streamed so far, with no cache and no window, beside the cached chunk's.
     """
     if model is not None:
         cfg = model.cfg
@@ -71,7 +83,11 @@ def bench_model(
     try:
         with torch.no_grad():
             model = model or random_model(cfg)
-            return _bench(cfg, seconds, steps, guidance, warmup_chunks, model, codecs or Codecs.random(cfg))
+            result = _bench(cfg, seconds, steps, guidance, warmup_chunks, model, codecs or Codecs.random(cfg))
+            if recompute_seconds:
+                result["recompute_curve"] = recompute_curve(model, guidance, steps, recompute_seconds,
+                                                            result["cached_chunk_ms"])  # fmt: skip
+            return result
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -201,6 +217,41 @@ def _cache_speedup(
     }
 
 
+def recompute_curve(
+    model: SonateModel, guidance: Guidance, steps: int, lengths_s: tuple[float, ...], cached_chunk_ms: float
+) -> list[dict]:
+    """For each length L (media seconds streamed), the median ms of one chunk made by recomputing all L seconds
+    before it — no cache, no window, as CosyVoice 2's flow decoder does when streaming — on seeded random
+    latents, and its ratio to `cached_chunk_ms` (a cached chunk reads only its window, so it costs the same at
+    any length)."""
+    cfg = model.cfg
+    param = next(model.parameters())
+    cond = random_conditioning(cfg, param.device, param.dtype)
+    seeds = [SEED]
+    rows_cond = Conditioning.cat([cond, negative_conditioning(cfg, cond, seeds)]) if guidance.enabled else cond
+    schedule = flow_timesteps(steps, cfg.shift)
+    curve = []
+    for length_s in lengths_s:
+        chunks = max(1, round(length_s / cfg.chunk_seconds))
+        phonemes = random_phonemes(cfg, chunks + 1, param.device)
+        generator = torch.Generator().manual_seed(SEED + chunks)
+        clean = (
+            torch.randn(1, chunks * cfg.chunk_audio_latents, cfg.audio_latent_dim, generator=generator),
+            torch.randn(1, chunks * cfg.chunk_video_latents, cfg.video_latent_channels, cfg.video_latent_height,
+                        cfg.video_latent_width, generator=generator),
+        )  # fmt: skip
+        clean = tuple(x.to(param.device, param.dtype) for x in clean)
+        noise = tuple(x.to(param.device, param.dtype) for x in chunk_noise(cfg, seeds, [chunks]))
+        context = (clean, phonemes.select(0, chunks, cfg))
+        chunk = (noise, phonemes.select(chunks, 1, cfg))
+        recompute = functools.partial(recompute_chunk, model, rows_cond, guidance, schedule, context, chunk)
+        times = [_timed(recompute, param.device)[1] for _ in range(RECOMPUTE_REPEATS)]
+        median = float(np.median(times))
+        curve.append({"seconds_streamed": chunks * cfg.chunk_seconds, "recompute_chunk_ms": median,
+                      "cached_chunk_ms": cached_chunk_ms, "ratio": median / cached_chunk_ms})  # fmt: skip
+    return curve
+
+
 def recompute_chunk(
     model: SonateModel,
     cond: Conditioning,
@@ -306,6 +357,9 @@ def print_model_report(result: dict) -> None:
                           f"recomputing {context} chunks of context, "
                           f"{result['cached_chunk_ms']:.1f} ms cached; ({context}+1)/2 = {(context + 1) / 2:g})"),
     ]  # fmt: skip
+    for point in result.get("recompute_curve", []):
+        rows.append((f"recompute {point['seconds_streamed']:.0f} s", f"{point['recompute_chunk_ms']:.0f} ms a chunk "
+                     f"recomputing everything streamed, {point['ratio']:.1f}× the cached chunk"))  # fmt: skip
     print_rows(f"sonate model bench — {result['timestamp']}", rows)
 
 

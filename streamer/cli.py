@@ -138,11 +138,29 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     m.add_argument("--steps", type=int, default=4, help="Euler steps per chunk (default 4)")
     m.add_argument("--no-cfg", action="store_true", help="guidance off (one branch)")
     m.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    m.add_argument(
+        "--recompute-seconds",
+        type=_seconds_list,
+        default=(),
+        metavar="S1,S2,…",
+        help="also time one chunk made by recomputing all of S seconds streamed (no cache, no window), e.g. 5,20,60",
+    )
     m.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     m.set_defaults(run=_run_bench_model)
     add_bench_e2e_parser(targets)
     add_bench_kernels_parser(targets)
     add_bench_compare_parser(targets)
+
+
+def _seconds_list(text: str) -> tuple[float, ...]:
+    """`5,20,60` → (5.0, 20.0, 60.0): positive seconds."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds separated by commas, got {text!r}") from None
+    if not all(value > 0 for value in values):
+        raise argparse.ArgumentTypeError(f"every length must be positive, got {text!r}")
+    return values
 
 
 def _run_bench_model(args: argparse.Namespace) -> None:
@@ -161,7 +179,8 @@ def _run_bench_model(args: argparse.Namespace) -> None:
         model, codecs = loaded.model, loaded.codecs
     cfg = model.cfg
     guidance = Guidance() if args.no_cfg else Guidance(cfg.audio_guidance, cfg.video_guidance)
-    result = bench_model(cfg, args.seconds, args.steps, guidance, threads=args.threads, model=model, codecs=codecs)
+    result = bench_model(cfg, args.seconds, args.steps, guidance, threads=args.threads, model=model, codecs=codecs,
+                         recompute_seconds=args.recompute_seconds)  # fmt: skip
     print_model_report(result)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -100,3 +102,23 @@ def test_uncached_baseline_makes_the_same_chunk(guidance: Guidance) -> None:
         )  # fmt: skip
     torch.testing.assert_close(audio, outs[4][0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(video, outs[4][1], rtol=1e-4, atol=1e-4)
+
+
+def test_the_recompute_curve_times_one_chunk_per_length() -> None:
+    cfg = small_config()
+    with torch.no_grad():
+        result = bench.bench_model(cfg, seconds=0.7, steps=1, guidance=Guidance(2.0, 1.5), threads=1,
+                                   recompute_seconds=(0.3, 1.0))  # fmt: skip
+    curve = result["recompute_curve"]
+    assert [point["seconds_streamed"] for point in curve] == pytest.approx([cfg.chunk_seconds, 3 * cfg.chunk_seconds])
+    for point in curve:
+        assert point["recompute_chunk_ms"] > 0 and point["cached_chunk_ms"] == result["cached_chunk_ms"]
+        assert point["ratio"] == pytest.approx(point["recompute_chunk_ms"] / result["cached_chunk_ms"])
+    json.dumps(result)
+
+
+def test_the_recompute_lengths_must_be_positive_seconds() -> None:
+    for bad in ("5,-1", "five"):
+        done = subprocess.run([sys.executable, "-m", "sonate.streamer.cli", "bench", "model", "--recompute-seconds",
+                               bad], capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 2 and "--recompute-seconds" in done.stderr

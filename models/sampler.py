@@ -80,6 +80,11 @@ def negative_conditioning(cfg: SonateConfig, cond: Conditioning, seeds: list[int
     return Conditioning(cond.instruction_ids, noise.to(cond.voice), cond.avatar, cond.avatar_latent)
 
 
+def branch_conditioning(cfg: SonateConfig, cond: Conditioning, seeds: list[int], branches: int) -> Conditioning:
+    """Conditioning for the rows of every CFG branch: [conditional | negative] (`seeds`: one per row of `cond`)."""
+    return cond if branches == 1 else Conditioning.cat([cond, negative_conditioning(cfg, cond, seeds)])
+
+
 def dropped_phonemes(cfg: SonateConfig, ids: ChunkPhonemes) -> ChunkPhonemes:
     """The phonemes replaced by the "dropped" id — the vocabulary's last, never a real phoneme — and speaker 0."""
     dropped = cfg.phoneme_vocab - 1
@@ -174,8 +179,7 @@ class ChunkStream:
     @torch.no_grad()
     def condition(self, slots: list[int], cond: Conditioning) -> None:
         """Compute the prefix K/V (the sinks) and timbre of `slots` from `cond`; their chunks stay in the cache."""
-        if self.branches == 2:
-            cond = Conditioning.cat([cond, negative_conditioning(self.cfg, cond, [self.seeds[s] for s in slots])])
+        cond = branch_conditioning(self.cfg, cond, [self.seeds[s] for s in slots], self.branches)
         rows = self.rows(slots)
         prefix = self.model.conditioning(cond)
         self.model.prefix_tokens(prefix, PrefixAttention(self.cache, rows))
@@ -268,9 +272,7 @@ class RecomputeStream:
         self.window = cfg.window_chunks if window == -1 else window
         self.model, self.cfg, self.seeds, self.guidance = model, cfg, seeds, guidance
         self.schedule = flow_timesteps(steps or cfg.steps, cfg.shift)
-        self.cond = cond
-        if guidance.enabled:
-            self.cond = Conditioning.cat([cond, negative_conditioning(cfg, cond, seeds)])
+        self.cond = branch_conditioning(cfg, cond, seeds, 2 if guidance.enabled else 1)
         param = next(model.parameters())
         self.audio = torch.zeros(len(seeds), 0, cfg.audio_latent_dim, device=param.device, dtype=param.dtype)
         self.video = torch.zeros(

@@ -36,10 +36,10 @@ from sonate.models.errors import SonateInputError
 from sonate.models.sampler import (
     ChunkStream,
     Guidance,
+    branch_conditioning,
     branch_phonemes,
     chunk_noise,
     flow_timesteps,
-    negative_conditioning,
 )
 from sonate.models.teacher import teacher_forward
 from sonate.models.transformer import ChunkPhonemes, SonateModel
@@ -186,7 +186,7 @@ def _cache_speedup(
 ) -> dict:
     """Median ms of the last chunk made with the cache and without it, and their ratio."""
     cfg, device = model.cfg, next(model.parameters()).device
-    rows_cond = Conditioning.cat([cond, negative_conditioning(cfg, cond, stream.seeds)]) if guidance.enabled else cond
+    rows_cond = branch_conditioning(cfg, cond, stream.seeds, stream.branches)
     noise = tuple(x.to(device, next(model.parameters()).dtype) for x in chunk_noise(cfg, stream.seeds, [last]))
     window = len(context)
     clean = tuple(torch.cat([x[:, :0], *(out[i] for out in context)], dim=1) for i, x in enumerate(noise))
@@ -228,7 +228,7 @@ def recompute_curve(
     param = next(model.parameters())
     cond = random_conditioning(cfg, param.device, param.dtype)
     seeds = [SEED]
-    rows_cond = Conditioning.cat([cond, negative_conditioning(cfg, cond, seeds)]) if guidance.enabled else cond
+    rows_cond = branch_conditioning(cfg, cond, seeds, 2 if guidance.enabled else 1)
     schedule = flow_timesteps(steps, cfg.shift)
     curve = []
     for length_s in lengths_s:

@@ -136,13 +136,17 @@ class Session:
         """End the session and free its slot; safe to call twice."""
         await self.engine.close_session(self)
 
-    def _rewind(self) -> float:
-        """Drop the media not yet playing and roll the model back to where it starts; returns that media time."""
-        media_time = self.playout.drop_unplayed()
+    def _rewind(self, media_s: float | None = None) -> float:
+        """Drop the buffered media from `media_s` on (default: every chunk after the one playing) and roll the
+        model back to the chunk holding that moment; returns it (s), where new media starts."""
+        if media_s is None:
+            media_s = self.playout.drop_unplayed()
+        else:
+            self.playout.truncate(media_s)
         self.epoch += 1  # chunks in flight for the old timeline are dropped on delivery
-        self.next_chunk = round(media_time / self.engine.cfg.chunk_seconds)
+        self.next_chunk = math.floor(media_s / self.engine.cfg.chunk_seconds + 1e-6)
         self.engine.request_rollback(self, self.next_chunk)
-        return media_time
+        return media_s
 
     def _start_speech_early(self) -> None:
         """Speech after silence: once its first chunk's phonemes are final, start it at the first video frame a
@@ -165,11 +169,7 @@ class Session:
             start = chunk_end
         if start >= utterance.offset_s - 1e-9:
             return  # no earlier than it is
-        self.playout.truncate(start)
-        self.epoch += 1  # (no chunk is in flight: the scheduler decides between batches)
-        self.next_chunk = int(start / cfg.chunk_seconds + 1e-9)
-        self.engine.request_rollback(self, self.next_chunk)
-        utterance.offset_s = start
+        utterance.offset_s = self._rewind(start)
 
     # --- for the engine ----------------------------------------------------------------------------------------
 

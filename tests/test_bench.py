@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from sonate import kernels
-from sonate.models.conditioning import Conditioning
 from sonate.models.config import SonateConfig
 from sonate.models.errors import SonateInputError
-from sonate.models.sampler import ChunkStream, Guidance, chunk_noise, negative_conditioning
+from sonate.models.sampler import ChunkStream, Guidance, branch_conditioning, chunk_noise
 from sonate.streamer import bench
 
 CPU = torch.device("cpu")
@@ -93,7 +92,7 @@ def test_uncached_baseline_makes_the_same_chunk(guidance: Guidance) -> None:
     phonemes = bench.random_phonemes(cfg, 5, CPU)
     stream = ChunkStream.open_batch(model, cond, [0], guidance, steps=3)
     outs = [stream.generate(phonemes.select(c, 1, cfg)) for c in range(5)]
-    rows = Conditioning.cat([cond, negative_conditioning(cfg, cond, [0])]) if guidance.enabled else cond
+    rows = branch_conditioning(cfg, cond, [0], stream.branches)
     clean = tuple(torch.cat([out[i] for out in outs[2:4]], dim=1) for i in range(2))
     with torch.no_grad():
         audio, video = bench.recompute_chunk(

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from sonate.models.conditioning import Conditioning
 from sonate.models.config import SonateConfig
 from sonate.models.positions import chunk_rope_tables
-from sonate.models.sampler import ChunkStream, Guidance, RecomputeStream, branch_phonemes, negative_conditioning
+from sonate.models.sampler import ChunkStream, Guidance, RecomputeStream, branch_conditioning, branch_phonemes
 from sonate.models.teacher import CLEAN, NOISY, PREFIX, teacher_forward, token_layout
 from sonate.models.transformer import ChunkPhonemes, SonateModel
 from tests.conftest import random_conditioning, random_latents, random_phonemes, small_config
@@ -42,8 +42,8 @@ def test_streaming_equals_one_pass(guided: bool, window: int) -> None:
     t = torch.rand(batch, chunks, generator=torch.Generator().manual_seed(5))
     guidance = Guidance(2.0, 1.5) if guided else Guidance()
     stream = ChunkStream.open_batch(model, cond, seeds, guidance)
-    rows_cond = Conditioning.cat([cond, negative_conditioning(cfg, cond, seeds)]) if guided else cond
     branches = 2 if guided else 1
+    rows_cond = branch_conditioning(cfg, cond, seeds, branches)
     expected = teacher_rows(
         model,
         rows_cond,

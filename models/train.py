@@ -57,6 +57,7 @@ class TrainConfig:
     voice_dropout: float = 0.1  # reference voice → white noise: the CFG negative
     instruction_dropout: float = 0.1
     phoneme_dropout: float = 0.05
+    mouth_weight: float = 0.0  # extra video-loss weight on the latent cells of the mouth box (what lip sync reads)
     first_window: float = 0.5  # share of windows that start at the clip's first chunk
     reference_seconds: tuple[float, float] = (2.0, 4.0)  # reference-voice crop length, drawn per batch
     val_every: int = 250
@@ -85,13 +86,15 @@ class EncodedSplit:
     """A split of the world encoded for training, with the reference voices and images its clips use.
 
     voices: timbre → waveform [samples] at the model's rate; avatars: avatar → image [3, S, S] in [0, 1];
-    avatar_latents: avatar → its reference latent [C, h, w].
+    avatar_latents: avatar → its reference latent [C, h, w]; mouths: avatar → its mouth box in latent cells
+    (top, bottom, left, right).
     """
 
     clips: list[EncodedClip]
     voices: dict[str, Tensor]
     avatars: dict[str, Tensor]
     avatar_latents: dict[str, Tensor]
+    mouths: dict[str, tuple[int, int, int, int]]
 
 
 @torch.no_grad()
@@ -133,7 +136,8 @@ def encode_split(
     images = {a: torch.from_numpy(world.reference_image(a, cfg.avatar_image_size)) for a in {c.avatar for c in clips}}
     avatars = {a: image.permute(2, 0, 1).float() / 255.0 for a, image in sorted(images.items())}
     latents = {a: codecs.encode_still(image[None])[0] for a, image in sorted(images.items())}
-    return EncodedSplit(clips, voices, avatars, latents)
+    mouths = {a: world.mouth_box(a, cfg.video_latent_height, cfg.video_latent_width) for a in sorted(images)}
+    return EncodedSplit(clips, voices, avatars, latents, mouths)
 
 
 def clip_chunks(cfg: SonateConfig, clip: EncodedClip) -> int:
@@ -143,12 +147,14 @@ def clip_chunks(cfg: SonateConfig, clip: EncodedClip) -> int:
 
 @dataclass
 class Batch:
-    """A batch of training windows: clean latents, their phonemes and the raw conditioning."""
+    """A batch of training windows: clean latents, their phonemes, the raw conditioning, and the video loss's
+    weight per latent cell (mean 1 per window)."""
 
     audio: Tensor  # [B, K·Fa, Ca]
     video: Tensor  # [B, K·Fv, C, h, w]
     phonemes: ChunkPhonemes
     cond: Conditioning
+    video_weight: Tensor  # [B, 1, 1, h, w]
 
 
 def sample_batch(cfg: SonateConfig, train: TrainConfig, data: EncodedSplit, rng: random.Random) -> Batch:
@@ -158,7 +164,7 @@ def sample_batch(cfg: SonateConfig, train: TrainConfig, data: EncodedSplit, rng:
     if not eligible:
         raise ValueError(f"no clip has {k} whole chunks; use fewer --chunks")
     reference = int(rng.uniform(*train.reference_seconds) * cfg.sample_rate)
-    audio, video, phonemes, instructions, voices, avatars, latents = [], [], [], [], [], [], []
+    audio, video, phonemes, instructions, voices, avatars, latents, weights = [], [], [], [], [], [], [], []
     for _ in range(train.batch):
         clip = rng.choice(eligible)
         first = 0 if rng.random() < train.first_window else rng.randrange(clip_chunks(cfg, clip) - k + 1)
@@ -183,8 +189,18 @@ def sample_batch(cfg: SonateConfig, train: TrainConfig, data: EncodedSplit, rng:
             voices.append(voice[start : start + reference])
         avatars.append(data.avatars[clip.avatar])
         latents.append(data.avatar_latents[clip.avatar])
+        weights.append(mouth_weights(cfg, data.mouths[clip.avatar], train.mouth_weight))
     cond = Conditioning(torch.stack(instructions), torch.stack(voices), torch.stack(avatars), torch.stack(latents))
-    return Batch(torch.stack(audio), torch.stack(video), ChunkPhonemes.cat(phonemes), cond)
+    return Batch(torch.stack(audio), torch.stack(video), ChunkPhonemes.cat(phonemes), cond, torch.stack(weights))
+
+
+def mouth_weights(cfg: SonateConfig, mouth: tuple[int, int, int, int], extra: float) -> Tensor:
+    """Video-loss weights [1, 1, h, w] over the latent cells: 1, plus `extra` inside the `mouth` box (top,
+    bottom, left, right in cells), scaled to mean 1 so the loss keeps its scale."""
+    top, bottom, left, right = mouth
+    weights = torch.ones(1, 1, cfg.video_latent_height, cfg.video_latent_width)
+    weights[..., top:bottom, left:right] += extra
+    return weights / weights.mean()
 
 
 class FlowMatchingLoss(nn.Module):
@@ -206,7 +222,7 @@ class FlowMatchingLoss(nn.Module):
         prefix = model.conditioning(batch.cond)
         v_a, v_v = teacher_forward(model, prefix, (batch.audio, batch.video), batch.phonemes, noisy, batch.phonemes, t)
         loss_a = (v_a - (noise_a - batch.audio)).square().mean()
-        loss_v = (v_v - (noise_v - batch.video)).square().mean()
+        loss_v = ((v_v - (noise_v - batch.video)).square() * batch.video_weight).mean()
         return loss_a + loss_v, {"audio": loss_a.item(), "video": loss_v.item()}
 
 
@@ -368,11 +384,11 @@ def train(
 
 @torch.no_grad()
 def validation_loss(model: SonateModel, val: EncodedSplit, train_cfg: TrainConfig) -> float:
-    """Mean loss over `val_batches` fixed batches of the validation split, without dropouts."""
+    """Mean loss over `val_batches` fixed batches of the validation split, without dropouts or mouth weight
+    (so that runs with different recipes compare)."""
     cfg = model.cfg
-    fixed = TrainConfig(
-        **{**asdict(train_cfg), "voice_dropout": 0.0, "instruction_dropout": 0.0, "phoneme_dropout": 0.0}
-    )
+    plain = {"voice_dropout": 0.0, "instruction_dropout": 0.0, "phoneme_dropout": 0.0, "mouth_weight": 0.0}
+    fixed = TrainConfig(**{**asdict(train_cfg), **plain})
     fixed.chunks = min(fixed.chunks, max(clip_chunks(cfg, c) for c in val.clips))
     rng, generator = random.Random(1234), torch.Generator().manual_seed(1234)
     objective = FlowMatchingLoss(model)

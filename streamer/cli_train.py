@@ -2,6 +2,7 @@
 
     sonate train codecs --data data/world --out out/codecs
     sonate train model --data data/world --codecs out/codecs --out out/train
+    sonate train model --init out/train/checkpoint --mouth-weight 8 ...  # fine-tune a checkpoint
     torchrun --nproc-per-node 2 $(which sonate) train model ...      # data parallel (gloo on CPU, NCCL on GPU)
 
 `train model` writes `OUT/checkpoint/` (a checkpoint folder `--checkpoint` accepts: the EMA weights and the
@@ -53,13 +54,16 @@ def add_train_parser(subcommands: argparse._SubParsersAction) -> None:
     m.add_argument("--data", required=True, type=Path, help="world folder")
     m.add_argument("--codecs", required=True, type=Path, help="folder written by `sonate train codecs`")
     m.add_argument("--out", required=True, type=Path, help="run folder: state, log, samples, checkpoint/")
-    m.add_argument("--preset", default="tiny", help="model preset (default tiny)")
+    m.add_argument("--preset", help="model preset of a fresh model (default tiny)")
+    m.add_argument("--init", type=Path, help="start from this checkpoint folder's transformer (fine-tuning)")
     m.add_argument("--steps", type=int, default=2000, help="optimizer steps in all (default 2000)")
     m.add_argument("--batch", type=int, default=8, help="windows per step and process (default 8)")
     m.add_argument("--chunks", type=int, default=9, help="chunks per training window (default 9 = W + 1)")
     m.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
     m.add_argument("--warmup", type=int, default=100, help="warm-up steps (default 100)")
     m.add_argument("--ema", type=float, default=0.999, help="EMA decay per step of the saved weights (default 0.999)")
+    m.add_argument("--mouth-weight", type=float, default=0.0,
+                   help="extra video-loss weight on the mouth box's latent cells (default 0)")  # fmt: skip
     m.add_argument("--val-every", type=int, default=250, help="validate, save and sample every N steps")
     m.add_argument("--max-clips", type=int, help="use only the first N training clips")
     m.add_argument("--seed", type=int, default=0, help="(default 0)")
@@ -105,7 +109,7 @@ def _run_train_codecs(args: argparse.Namespace) -> None:
 
 
 def _run_train_model(args: argparse.Namespace) -> None:
-    from sonate.models.checkpoint import random_model, save_pretrained
+    from sonate.models.checkpoint import from_pretrained, random_model, save_pretrained
     from sonate.models.config import SonateConfig
     from sonate.models.decoders import Codecs
     from sonate.models.train import Distributed, TrainConfig, TrainReport, init_for_training, train
@@ -118,6 +122,7 @@ def _run_train_model(args: argparse.Namespace) -> None:
         lr=args.lr,
         warmup=args.warmup,
         ema=args.ema,
+        mouth_weight=args.mouth_weight,
         val_every=args.val_every,
         seed=args.seed,
     )
@@ -125,9 +130,14 @@ def _run_train_model(args: argparse.Namespace) -> None:
         raise SonateInputError("--steps, --batch, --chunks and --val-every must be at least 1, --lr positive")
     if not 0 <= args.ema < 1:
         raise SonateInputError("--ema must be in [0, 1)")
+    if args.mouth_weight < 0:
+        raise SonateInputError("--mouth-weight must not be negative")
+    if args.init is not None and args.preset is not None:
+        raise SonateInputError("give --preset or --init, not both: a fine-tuned model keeps its checkpoint's config")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    cfg = SonateConfig.preset(args.preset)
+    initial = from_pretrained(args.init).float() if args.init is not None else None
+    cfg = initial.cfg if initial is not None else SonateConfig.preset(args.preset or "tiny")
     codecs = Codecs.load(args.codecs, cfg)
     world = World(args.data)
     ranks = Distributed.from_environment()
@@ -135,10 +145,13 @@ def _run_train_model(args: argparse.Namespace) -> None:
         out: Path = args.out
         out.mkdir(parents=True, exist_ok=True)
         splits = {split: _encoded(cfg, world, split, codecs, out, args.max_clips, ranks) for split in ("train", "val")}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(args.seed)  # every rank starts from the same weights
-            model = random_model(cfg, seed=args.seed).float().train()
-            init_for_training(model)
+        if initial is not None:
+            model = initial.train()
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(args.seed)  # every rank starts from the same weights
+                model = random_model(cfg, seed=args.seed).float().train()
+                init_for_training(model)
         bar = ProgressBar("train")
         log = (out / "log.jsonl").open("a") if ranks.rank == 0 else None
 

@@ -82,4 +82,5 @@ def synthetic_split(cfg: SonateConfig, clips: int, chunks: int, seed: int) -> En
                for i in range(2)}  # fmt: skip
     latents = {f"a{i}": torch.randn(cfg.video_latent_channels, cfg.video_latent_height, cfg.video_latent_width,
                                     generator=generator) for i in range(2)}  # fmt: skip
-    return EncodedSplit(items, voices, avatars, latents)
+    mouths = {"a0": (1, 2, 0, 2), "a1": (0, 1, 1, 2)}  # latent cells
+    return EncodedSplit(items, voices, avatars, latents, mouths)

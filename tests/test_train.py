@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,14 @@ import torch
 from safetensors.torch import load_file
 
 from sonate.models.checkpoint import load_checkpoint, random_model
-from sonate.models.train import TrainConfig, init_for_training, learning_rate, train, validation_loss
+from sonate.models.train import (
+    TrainConfig,
+    init_for_training,
+    learning_rate,
+    sample_batch,
+    train,
+    validation_loss,
+)
 from sonate.models.world import WorldConfig, make_world
 from tests.conftest import small_config, synthetic_split
 
@@ -48,6 +56,26 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path: Path) -> None:
     resumed = train(fresh_model(), data, data, settings, tmp_path / "resumed")  # picks up train_state.pt
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_the_mouth_weight_lifts_the_video_loss_on_the_mouth_cells_only() -> None:
+    cfg = small_config()
+    data = synthetic_split(cfg, clips=2, chunks=3, seed=0)
+    plain = sample_batch(cfg, TrainConfig(batch=4, chunks=2), data, random.Random(0))
+    assert torch.equal(plain.video_weight, torch.ones_like(plain.video_weight))
+    batch = sample_batch(cfg, TrainConfig(batch=4, chunks=2, mouth_weight=8.0), data, random.Random(0))
+    assert batch.video_weight.shape == (4, 1, 1, cfg.video_latent_height, cfg.video_latent_width)
+    for weights in batch.video_weight[:, 0, 0]:
+        assert weights.mean().item() == pytest.approx(1.0)
+        values = sorted(set(weights.flatten().tolist()))
+        assert len(values) == 2 and values[1] == pytest.approx(9 * values[0])
+    avatars = {i: batch.cond.avatar[i] for i in range(4)}
+    for i, image in avatars.items():
+        avatar = next(a for a, pixels in data.avatars.items() if torch.equal(pixels, image))
+        top, bottom, left, right = data.mouths[avatar]
+        mouth = torch.zeros(cfg.video_latent_height, cfg.video_latent_width, dtype=torch.bool)
+        mouth[top:bottom, left:right] = True
+        assert torch.equal(batch.video_weight[i, 0, 0] > 1, mouth)
 
 
 def test_learning_rate_warms_up_then_decays() -> None:
@@ -88,6 +116,16 @@ def test_train_cli_takes_a_world_to_a_loadable_checkpoint(tmp_path: Path) -> Non
     loaded = load_checkpoint(run / "checkpoint")
     assert not loaded.random_weights and loaded.model.cfg.dim == 256
     assert (run / "samples" / "step-000002.mp4").stat().st_size > 1000
+    tuned = tmp_path / "tuned"
+    subprocess.run(
+        [*sonate, "train", "model", "--data", str(world), "--codecs", str(codecs), "--out", str(tuned), *train_args,
+         "--init", str(run / "checkpoint"), "--mouth-weight", "8", "--seed", "1"],
+        check=True,
+    )  # fmt: skip
+    start, tuned_weights = (load_file(d / "checkpoint" / "model.safetensors") for d in (run, tuned))
+    fresh = random_model(load_checkpoint(run / "checkpoint").model.cfg, seed=1).state_dict()
+    name = "conditioning.voice_proj.weight"  # a seed-1 fresh model would differ here by the init's scale
+    assert (tuned_weights[name] - start[name]).abs().max() < 0.1 * (fresh[name] - start[name]).abs().max()
     bad = subprocess.run([*sonate, "train", "model", "--data", str(world), "--codecs", str(tmp_path / "none"),
                           "--out", str(run)], capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "vocoder.safetensors" in bad.stderr and "Traceback" not in bad.stderr

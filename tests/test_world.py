@@ -227,3 +227,13 @@ def test_sentences_are_varied_and_spoken_as_written() -> None:
     assert (
         spoken_words("Room 342 has 2,500 books.") == "room three hundred forty two has two thousand five hundred books"
     )
+
+
+def test_the_mouth_box_scales_outward_to_any_grid(world: World) -> None:
+    avatar = next(iter(world.avatars))
+    box = world.renderer(avatar).mouth_box
+    size = world.config.image_size
+    assert world.mouth_box(avatar, size, size) == box
+    top, bottom, left, right = world.mouth_box(avatar, size // 8, size // 8)
+    assert top * 8 <= box[0] and bottom * 8 >= box[1] and left * 8 <= box[2] and right * 8 >= box[3]
+    assert (bottom - top) * 8 < box[1] - box[0] + 16 and (right - left) * 8 < box[3] - box[2] + 16

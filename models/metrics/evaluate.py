@@ -18,7 +18,6 @@ and identity, and so is the ground-truth clip beside it:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,16 +39,10 @@ GROUND_TRUTH = "ground-truth"
 MEASURES = ("sync_offset", "sync_confidence", "wer", "sim", "identity_error")
 
 
-def _scale_box(box: tuple[int, int, int, int], from_size: int, height: int, width: int) -> tuple[int, int, int, int]:
-    top, bottom, left, right = box
-    sy, sx = height / from_size, width / from_size
-    return math.floor(top * sy), math.ceil(bottom * sy), math.floor(left * sx), math.ceil(right * sx)
-
-
 def _score(world: World, info: ClipInfo, audio: np.ndarray, frames: np.ndarray, rate: int, fps: int, refs: dict):
     """Lip sync, transcript, timbre similarity and identity error of one clip (audio at ``rate``)."""
     renderer = world.renderer(info.avatar)
-    box = _scale_box(renderer.mouth_box, world.config.image_size, frames.shape[1], frames.shape[2])
+    box = world.mouth_box(info.avatar, frames.shape[1], frames.shape[2])
     sync = lip_sync(frames, audio, rate, fps, box)
     embedding = speaker_embedding(audio, rate)
     return {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,3 +109,10 @@ class World:
     def renderer(self, avatar: str) -> FaceRenderer:
         """The avatar's renderer at the world's size: it knows the mouth box and the identity regions."""
         return FaceRenderer(self.avatars[avatar], self.config.image_size)
+
+    def mouth_box(self, avatar: str, height: int, width: int) -> tuple[int, int, int, int]:
+        """The avatar's mouth box (top, bottom, left, right) on a ``height`` × ``width`` grid (pixels of a
+        resized frame, or latent cells), rounded outward so that it still holds the whole mouth."""
+        top, bottom, left, right = self.renderer(avatar).mouth_box
+        sy, sx = height / self.config.image_size, width / self.config.image_size
+        return math.floor(top * sy), math.ceil(bottom * sy), math.floor(left * sx), math.ceil(right * sx)

@@ -229,6 +229,13 @@ class ChunkStream:
     @torch.no_grad()
     def generate(self, phonemes: ChunkPhonemes, slots: list[int] | None = None) -> tuple[Tensor, Tensor]:
         """Make the next chunk of `slots` (default: all): clean audio latents [B, Fa, Ca], video [B, Fv, C, h, w]."""
+        audio, video = self.denoise(phonemes, slots)
+        self.commit(audio, video, phonemes)
+        return audio, video
+
+    def denoise(self, phonemes: ChunkPhonemes, slots: list[int] | None = None) -> tuple[Tensor, Tensor]:
+        """The Euler steps of `generate`, without the clean pass: the next chunk's latents, not yet in the cache
+        (`commit` writes them)."""
         slots = list(range(self.capacity)) if slots is None else slots
         param = next(self.model.parameters())
         # 1. start from each slot's seeded noise for its own chunk index
@@ -241,8 +248,6 @@ class ChunkStream:
         for t, t_next in zip(self.schedule[:-1].tolist(), self.schedule[1:].tolist(), strict=True):
             v_a, v_v = self.guided_velocity(audio, video, t, phonemes)
             audio, video = audio + (t_next - t) * v_a, video + (t_next - t) * v_v
-        # 4. the clean pass writes the chunk into the cache and advances the positions
-        self.commit(audio, video, phonemes)
         return audio, video
 
     def rollback(self, chunk: int, slots: list[int] | None = None) -> None:

@@ -19,6 +19,7 @@ import pickle
 import signal
 import struct
 import sys
+import time
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -32,6 +33,7 @@ from sonate.models.transformer import ChunkPhonemes, SonateModel
 from sonate.streamer.clapper import clapper_media
 from sonate.streamer.playout import AVChunk
 from sonate.streamer.references import session_conditioning
+from sonate.streamer.spans import ComputeTiming
 
 log = logging.getLogger(__name__)
 
@@ -90,27 +92,42 @@ class ChunkMaker:
         self.stream.condition([slot], cond)
 
     @torch.no_grad()
-    def make(self, requests: list[ChunkRequest], rollbacks: list[tuple[int, int]]) -> list[AVChunk]:
-        """Apply the (slot, chunk) rollbacks, then make every request's chunk in one batch and decode it."""
+    def make(
+        self, requests: list[ChunkRequest], rollbacks: list[tuple[int, int]]
+    ) -> tuple[list[AVChunk], ComputeTiming]:
+        """Apply the (slot, chunk) rollbacks, then make every request's chunk in one batch and decode it;
+        returns the chunks and how long each part took."""
+        timing = ComputeTiming(time.monotonic(), 0.0)
         if self.setup.source == "clapper":
-            return [self._clapper_chunk(request) for request in requests]
+            chunks = [self._clapper_chunk(request) for request in requests]
+            timing.ended_at = time.monotonic()
+            return chunks, timing
         cfg = self.cfg
         for slot, chunk in rollbacks:
             self.stream.rollback(chunk, [slot])
         slots = [request.slot for request in requests]
         for request in requests:
             assert self.stream.chunk_index(request.slot) == request.chunk, "session and cache disagree"
-        audio_latents, video_latents = self.stream.generate(ChunkPhonemes.cat([r.phonemes for r in requests]), slots)
+        phonemes = ChunkPhonemes.cat([r.phonemes for r in requests])
+        started = time.monotonic()
+        audio_latents, video_latents = self.stream.denoise(phonemes, slots)
+        timing.euler, started = _since(started)
+        self.stream.commit(audio_latents, video_latents, phonemes)
+        timing.clean, started = _since(started)
         frames = self.codecs.video_decoder.decode(video_latents).numpy()
-        chunks = []
+        timing.video_decoder, started = _since(started)
+        audios = []
         for i, request in enumerate(requests):
             states = self.vocoder_states[request.slot]
             state = states.get(request.chunk - 1, self.codecs.vocoder.init_state(1))
             audio, states[request.chunk] = self.codecs.vocoder.decode(audio_latents[i : i + 1], state)
             for old in [c for c in states if c < request.chunk - cfg.max_rollback_chunks - 1]:
                 del states[old]
-            chunks.append(self._chunk(request, audio[0].numpy(), frames[i]))
-        return chunks
+            audios.append(audio[0].numpy())
+        timing.vocoder, _ = _since(started)
+        chunks = [self._chunk(r, audio, frames[i]) for i, (r, audio) in enumerate(zip(requests, audios, strict=True))]
+        timing.ended_at = time.monotonic()
+        return chunks, timing
 
     def _clapper_chunk(self, request: ChunkRequest) -> AVChunk:
         """The clapper's media for a request, in place of the model's (the model's cache is never touched)."""
@@ -123,6 +140,12 @@ class ChunkMaker:
         cfg = self.cfg
         return AVChunk(request.chunk, request.chunk * cfg.chunk_seconds, audio, frames, cfg.sample_rate,
                        cfg.video_fps, *request.text_span)  # fmt: skip
+
+
+def _since(started: float) -> tuple[float, float]:
+    """(seconds since the monotonic time `started`, now)."""
+    now = time.monotonic()
+    return now - started, now
 
 
 class ComputeProcess:

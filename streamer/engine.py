@@ -25,6 +25,14 @@ from sonate.models.transformer import SonateModel
 from sonate.streamer.compute import ChunkRequest, ComputeProcess, ComputeSetup
 from sonate.streamer.playout import TICK
 from sonate.streamer.session import Session
+from sonate.streamer.spans import (
+    BATCH_SPANS,
+    FIRST_AUDIO_SPANS,
+    KEPT_BREAKDOWNS,
+    ChunkTiming,
+    FirstAudio,
+    SpanHistograms,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +80,9 @@ class EngineMetrics:
     chunk_seconds: list[float] = field(default_factory=list)  # compute time per batch, last 1000
     ttfa_seconds: list[float] = field(default_factory=list)  # text → first speech played, last 1000
     closed_underruns: int = 0
+    batch_spans: SpanHistograms = field(default_factory=lambda: SpanHistograms(BATCH_SPANS))
+    first_audio_spans: SpanHistograms = field(default_factory=lambda: SpanHistograms(FIRST_AUDIO_SPANS))
+    first_audio: list[FirstAudio] = field(default_factory=list)  # breakdowns of time to first audio, newest last
 
     def observe_batch(self, seconds: float, chunks: int, media_seconds: float) -> None:
         self.batches += 1
@@ -82,6 +93,10 @@ class EngineMetrics:
 
     def observe_ttfa(self, seconds: float) -> None:
         self.ttfa_seconds = [*self.ttfa_seconds[-999:], seconds]
+
+    def observe_first_audio(self, breakdown: FirstAudio) -> None:
+        self.first_audio = [*self.first_audio[-(KEPT_BREAKDOWNS - 1) :], breakdown]
+        self.first_audio_spans.observe(breakdown.spans)
 
     @property
     def rtf(self) -> float:
@@ -278,11 +293,17 @@ class Engine:
             session.next_chunk += 1
             session.speech.forget_before(session.playout.position_seconds - cfg.chunk_seconds)
         rollbacks, self._rollbacks = self._rollbacks, []
-        started = time.perf_counter()
-        chunks = await self._in_compute("make", requests, rollbacks)
-        self.metrics.observe_batch(time.perf_counter() - started, len(requests), len(requests) * cfg.chunk_seconds)
+        sent_at = time.monotonic()
+        chunks, compute = await self._in_compute("make", requests, rollbacks)
+        received_at = time.monotonic()
+        self.metrics.observe_batch(received_at - sent_at, len(requests), len(requests) * cfg.chunk_seconds)
         for session, epoch, chunk in zip(due, epochs, chunks, strict=True):
             session.deliver(chunk, epoch)
+        delivered_at = time.monotonic()
+        timings = [ChunkTiming(c.index, len(chunks), sent_at, compute, received_at, delivered_at) for c in chunks]
+        for session, epoch, timing in zip(due, epochs, timings, strict=True):
+            session.record_timing(timing, epoch)
+        self.metrics.batch_spans.observe(timings[0].spans())
 
     async def _in_compute(self, method: str, *args: object) -> object:
         """Run `ChunkMaker.<method>` in the compute process."""

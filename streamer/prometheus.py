@@ -69,12 +69,21 @@ class Exposition:
 
     def histogram(self, name: str, help_text: str, histogram: Histogram) -> None:
         self._family(name, "histogram", help_text)
+        self._histogram_samples(name, histogram, {})
+
+    def histograms(self, name: str, help_text: str, histograms: dict[str, Histogram], label: str) -> None:
+        """One histogram family with a histogram per value of `label`."""
+        self._family(name, "histogram", help_text)
+        for key, histogram in histograms.items():
+            self._histogram_samples(name, histogram, {label: key})
+
+    def _histogram_samples(self, name: str, histogram: Histogram, labels: dict[str, str]) -> None:
         cumulative = 0
         for bound, count in zip([*histogram.bounds, math.inf], histogram.counts, strict=True):
             cumulative += count
-            self.lines.append(f'{name}_bucket{{le="{_number(bound)}"}} {cumulative}')
-        self.lines.append(f"{name}_sum {_number(histogram.sum)}")
-        self.lines.append(f"{name}_count {histogram.count}")
+            self.lines.append(f"{name}_bucket{_labels({**labels, 'le': _number(bound)})} {cumulative}")
+        self.lines.append(f"{name}_sum{_labels(labels)} {_number(histogram.sum)}")
+        self.lines.append(f"{name}_count{_labels(labels)} {histogram.count}")
 
     def render(self) -> str:
         return "\n".join(self.lines) + "\n"

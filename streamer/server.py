@@ -372,6 +372,10 @@ def _render_metrics(engine: Engine, registry: Registry) -> str:
     out.counter("sonate_compute_seconds_total", "Seconds spent computing chunks.", metrics.compute_seconds)
     out.histogram("sonate_chunk_compute_seconds", "Compute time of one batch of chunks.", stats.compute)
     out.histogram("sonate_ttfa_seconds", "Time from a text's first piece to its speech playing.", stats.ttfa)
+    out.histograms("sonate_batch_span_seconds", "Each part of a batch's trip through the compute process.",
+                   metrics.batch_spans.histograms, "span")  # fmt: skip
+    out.histograms("sonate_first_audio_span_seconds", "Each part of the time from text to its first audio.",
+                   metrics.first_audio_spans.histograms, "span")  # fmt: skip
     out.counter("sonate_underruns_total", "Playout underruns (media expected but not ready).", engine.underruns)
     out.gauge("sonate_realtime_factor", "Compute seconds per media second so far.", metrics.rtf)
     viewers = {

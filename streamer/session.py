@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sonate.models.errors import SonateInputError
-from sonate.streamer.playout import AVChunk, Playout
+from sonate.streamer.playout import TICK, AVChunk, Playout
+from sonate.streamer.spans import ChunkTiming, FirstAudio, first_audio
 from sonate.streamer.speech import SpeechTrack
 
 if TYPE_CHECKING:
@@ -54,6 +55,10 @@ class Session:
         self._event_queues: list[asyncio.Queue[dict]] = []
         self._announced: set[tuple[int, str]] = set()  # (utterance text base, event) already sent
         self._text_first_pushed: dict[int, float] = {}  # utterance text base → monotonic time of its first text
+        # for the first-audio breakdown (`sonate.streamer.spans`), per utterance text base:
+        self._text_marks: dict[int, list[tuple[int, float]]] = {}  # (text end in the utterance, time) per push
+        self._text_ready: dict[int, tuple[float, float]] = {}  # (when its first chunk's text was in, G2P seconds)
+        self._timings: dict[int, ChunkTiming] = {}  # chunk index → how the chunk now buffered was made
 
     # --- the API ---------------------------------------------------------------------------------------------
 
@@ -63,6 +68,7 @@ class Session:
         span = self.speech.push(piece, self.generation_front)
         self.last_text_at = time.monotonic()
         self._text_first_pushed.setdefault(self.speech.current.text_base, self.last_text_at)
+        self._mark_text(self.last_text_at)
         self.engine.wake()
         return span
 
@@ -70,6 +76,7 @@ class Session:
         """Speak the text still waiting now (the last word needs no following space)."""
         self._check_open()
         self.speech.flush()
+        self._mark_text(time.monotonic())
         self.engine.wake()
 
     def interrupt(self) -> Interruption:
@@ -181,7 +188,7 @@ class Session:
     def wants_chunk(self, now: float) -> bool:
         """Whether the next chunk should be made now: within the lead, its phonemes final, someone to see it."""
         config = self.engine.config
-        self.speech.feed()  # G2P for a bounded amount of the waiting text
+        self._feed(now)
         self._start_speech_early()  # (it may move next_chunk back; its chunk is then due in this very pass)
         chunk_end = (self.next_chunk + 1) * self.engine.cfg.chunk_seconds
         current = self.speech.current
@@ -195,9 +202,52 @@ class Session:
             if self.speech.unfed or now - self.last_text_at < config.lookahead_timeout_s:
                 return False
             self.speech.flush()  # the rest of a word never came: speak what there is
-            self.speech.feed()
+            self._mark_text(now)
+            self._feed(now)
         self.playout.expecting = speaking or self.viewers > 0
         return speaking or self.viewers > 0
+
+    def _feed(self, now: float) -> None:
+        """G2P for a bounded amount of the waiting text; notes when the current utterance's first chunk got all
+        the text it needs, and how long this pass's G2P took."""
+        started = time.monotonic()
+        self.speech.feed()
+        utterance = self.speech.current
+        if utterance is None or utterance.text_base in self._text_ready:
+            return
+        if self.speech.final_until() < utterance.offset_s + self.engine.cfg.chunk_seconds:
+            return
+        committed = utterance.frontend.committed_chars
+        marks = self._text_marks.get(utterance.text_base, [])
+        ready = next((at for end, at in marks if end >= committed), marks[-1][1] if marks else now)
+        self._text_ready[utterance.text_base] = (ready, time.monotonic() - started)
+
+    def _mark_text(self, now: float) -> None:
+        """Text of the current utterance arrived (or was flushed) up to its present end at `now`."""
+        utterance = self.speech.current
+        if utterance is not None:
+            end = len(self.speech.text) - utterance.text_base
+            self._text_marks.setdefault(utterance.text_base, []).append((end, now))
+
+    def record_timing(self, timing: ChunkTiming, epoch: int) -> None:
+        """How a chunk delivered for `epoch` was made (kept while it may still play)."""
+        if epoch != self.epoch or self.closed:
+            return
+        self._timings[timing.chunk] = timing
+        for old in [c for c in self._timings if c < timing.chunk - 2 * self.engine.cfg.max_rollback_chunks]:
+            del self._timings[old]
+
+    def _first_audio(self, text_base: int, media_s: float) -> FirstAudio | None:
+        """The breakdown of the utterance at `text_base` whose first phoneme at media time `media_s` has begun
+        to play (None when a part of it was not recorded)."""
+        received = self._text_first_pushed.get(text_base)
+        ready = self._text_ready.get(text_base)
+        timing = self._timings.get(int(media_s / self.engine.cfg.chunk_seconds + 1e-9))
+        tick = next((t.tick for t in self.playout.ticks if t.position == int(media_s / TICK + 1e-9)), None)
+        if received is None or ready is None or timing is None or tick is None or self.playout.start_time is None:
+            return None
+        plays_at = self.playout.start_time + tick * TICK + (media_s % TICK)
+        return first_audio(self.id, text_base, received, *ready, timing, plays_at)
 
     def deliver(self, chunk: AVChunk, epoch: int) -> None:
         """A chunk made for this session: buffer it for playout and hand it to every subscriber."""
@@ -223,13 +273,22 @@ class Session:
                 self._announced.add((key, "started"))
                 ttfa = time.monotonic() - self._text_first_pushed.get(key, time.monotonic())
                 self.engine.metrics.observe_ttfa(ttfa)
-                self._emit({"type": "speech.started", "text_start": key, "media_time": span[0], "ttfa_ms": ttfa * 1e3})
+                event = {"type": "speech.started", "text_start": key, "media_time": span[0], "ttfa_ms": ttfa * 1e3}
+                breakdown = self._first_audio(key, span[0])
+                if breakdown is not None:
+                    self.engine.metrics.observe_first_audio(breakdown)
+                    event["spans_ms"] = {name: seconds * 1e3 for name, seconds in breakdown.spans.items()}
+                self._emit(event)
             if utterance.interrupted:  # `input.interrupted` already told where it stopped
                 self._announced.add((key, "done"))
             finished = not utterance.open and now_s >= span[1]
             if finished and (key, "started") in self._announced and (key, "done") not in self._announced:
                 self._announced.add((key, "done"))
                 self._emit({"type": "speech.done", "text_start": key, "text_end": text_end, "media_time": span[1]})
+        live = {u.text_base for u in self.speech.utterances}
+        for per_utterance in (self._text_first_pushed, self._text_marks, self._text_ready):
+            for key in [k for k in per_utterance if k not in live]:
+                del per_utterance[key]
 
     def finish(self) -> None:
         """End every iterator of the session (called by the engine when it closes it)."""

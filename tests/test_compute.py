@@ -45,7 +45,7 @@ async def test_a_cancelled_call_still_has_its_reply_read(compute) -> None:
     cancelled.cancel()
     with pytest.raises(asyncio.CancelledError):
         await cancelled
-    (chunk,) = await process.call("make", [request(cfg, 1)], [])  # chunk 0 was made all the same
+    (chunk,), _ = await process.call("make", [request(cfg, 1)], [])  # chunk 0 was made all the same
     assert chunk.index == 1 and chunk.pts == pytest.approx(cfg.chunk_seconds)
     assert chunk.audio.shape == (cfg.chunk_audio_samples,)
     assert chunk.frames.shape == (cfg.chunk_video_frames, cfg.video_height, cfg.video_width, 3)
@@ -57,7 +57,7 @@ async def test_an_error_in_the_child_reaches_the_caller_and_the_child_carries_on
         await process.call("make", [request(cfg, 5)], [])  # the cache is at chunk 0
     with pytest.raises(AttributeError):
         await process.call("no_such_method")
-    (chunk,) = await process.call("make", [request(cfg, 0)], [])
+    (chunk,), _ = await process.call("make", [request(cfg, 0)], [])
     assert chunk.index == 0
 
 

@@ -14,6 +14,7 @@ from sonate.models.errors import SonateInputError
 from sonate.streamer.engine import Engine, EngineConfig, EngineFull
 from sonate.streamer.playout import TICK, AVChunk
 from sonate.streamer.session import Session
+from sonate.streamer.spans import FIRST_AUDIO_SPANS
 from tests.conftest import small_config
 
 
@@ -242,5 +243,37 @@ async def test_speech_after_silence_starts_inside_the_idle_chunk_playing_when_sa
             assert [c.index for c in chunks].count(playing.index) == 1
         assert events[0]["type"] == "speech.started" and events[0]["media_time"] == pytest.approx(offset, abs=0.05)
         assert session.playout.underruns == 0
+        for task in tasks:
+            task.cancel()
+
+
+async def test_the_first_audio_spans_add_up_to_the_time_to_first_audio() -> None:
+    async with small_engine() as engine:
+        session = await engine.open_session(seed=3)
+        chunks, events = [], []
+        tasks = await collect(session, chunks, events)
+        await wait_for(lambda: len(chunks) >= 3)  # idle media playing: speech starts inside it
+        for text in ("Good morning, everyone.", "Nice to see you all."):
+            for word in text.split(" "):
+                session.push_text(word + " ")
+                await asyncio.sleep(1 / 30)
+            session.flush()
+            await wait_for(lambda t=text: any(e["type"] == "speech.done" and e["text_end"] >= len(session.text) - 1
+                                              for e in events))  # fmt: skip
+        started = [e for e in events if e["type"] == "speech.started"]
+        breakdowns = engine.metrics.first_audio
+        assert len(started) == len(breakdowns) == 2
+        for event, breakdown in zip(started, breakdowns, strict=True):
+            assert breakdown.text_start == event["text_start"] and breakdown.session_id == session.id
+            assert list(breakdown.spans) == list(FIRST_AUDIO_SPANS)
+            assert all(seconds >= 0 for seconds in breakdown.spans.values()), breakdown.spans
+            assert sum(breakdown.spans.values()) == pytest.approx(breakdown.total, abs=1e-9)
+            # the announcement comes at the first tick after the phoneme starts playing, measured on its own
+            assert 0 <= event["ttfa_ms"] / 1e3 - breakdown.total < TICK + 0.015
+            assert breakdown.spans["text"] >= 1 / 30  # the second word was needed
+            assert breakdown.spans["euler"] > 0 and breakdown.spans["other"] < 0.2 * breakdown.total
+            assert event["spans_ms"]["euler"] == pytest.approx(breakdown.spans["euler"] * 1e3)
+        counted = engine.metrics.first_audio_spans.histograms["buffered"].count
+        assert counted == 2 and engine.metrics.batch_spans.histograms["euler"].count == engine.metrics.batches
         for task in tasks:
             task.cancel()

@@ -461,12 +461,15 @@ async def test_health_metrics_and_demo_page(served: Served, http: httpx.AsyncCli
     samples = {}
     for line in metrics.text.splitlines():
         if not line.startswith("#"):
-            match = re.fullmatch(r'([a-z_]+(?:\{[a-z_]+="[^"]*"\})?) (\S+)', line)
+            match = re.fullmatch(r'([a-z_]+(?:\{[a-z_]+="[^"]*"(?:,[a-z_]+="[^"]*")*\})?) (\S+)', line)
             assert match, line
             samples[match[1]] = float(match[2])
     assert samples["sonate_sessions_active"] == 1 and samples["sonate_chunks_total"] > 0
     assert samples["sonate_ttfa_seconds_count"] == 1 and samples["sonate_chunk_compute_seconds_count"] > 0
     assert samples['sonate_chunk_compute_seconds_bucket{le="+Inf"}'] == samples["sonate_chunk_compute_seconds_count"]
+    assert samples['sonate_first_audio_span_seconds_count{span="euler"}'] == 1
+    euler = 'sonate_batch_span_seconds_bucket{span="euler",le="+Inf"}'
+    assert samples[euler] == samples['sonate_batch_span_seconds_count{span="euler"}'] > 0
     for name in ("sonate_underruns_total", "sonate_realtime_factor", 'sonate_viewers{transport="webrtc"}'):
         assert name in samples
 

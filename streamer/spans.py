@@ -1,0 +1,127 @@
+"""Where the time goes: each chunk's trip through the engine, and each utterance's time to first audio as spans.
+
+Every stamp is `time.monotonic()` seconds. CLOCK_MONOTONIC is one clock for every process of a host, so the
+compute process's stamps, the engine's and a local client's line up. The engine records these always: a few
+clock reads per batch.
+
+An utterance's time to first audio on the server runs from its first text piece to the tick that plays its first
+phoneme, as consecutive spans (`FIRST_AUDIO_SPANS`):
+
+- `text`: waiting for the text its first chunk needs: the first piece → the piece (or flush, or lookahead
+  timeout) that completed the words of that chunk;
+- `scheduler`: that text waiting for the scheduler (a batch in flight, the next pass, the lead) until its chunk
+  is sent to the compute process, less the `g2p` of the pass that turned it into phonemes;
+- `to_compute`, `from_compute`: the request's and the reply's trip through the pipe (pickling included);
+- `euler`, `clean`, `video_decoder`, `vocoder`: the batch's work in the compute process;
+- `deliver`: the reply handed to every session of the batch;
+- `buffered`: the chunk waiting in the playout buffer until its first phoneme's tick plays;
+- `other`: what no instrument covers (in the compute process, between its timed parts).
+
+A client adds `upstream` (its text to the server) and `transport` (encoding, the wire, its jitter buffer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sonate.streamer.prometheus import Histogram
+
+COMPUTE_SPANS = ("euler", "clean", "video_decoder", "vocoder")
+BATCH_SPANS = ("to_compute", *COMPUTE_SPANS, "from_compute", "deliver")
+FIRST_AUDIO_SPANS = ("text", "scheduler", "g2p", *BATCH_SPANS, "buffered", "other")
+KEPT_BREAKDOWNS = 1000  # first-audio breakdowns the engine keeps, newest last
+
+
+@dataclass
+class ComputeTiming:
+    """One batch in the compute process: when it started and ended there (monotonic s) and its parts (s)."""
+
+    started_at: float
+    ended_at: float
+    euler: float = 0.0
+    clean: float = 0.0
+    video_decoder: float = 0.0
+    vocoder: float = 0.0
+
+    @property
+    def untimed(self) -> float:
+        """Seconds between `started_at` and `ended_at` that no part covers (rollbacks, packing the chunks)."""
+        parts = self.euler + self.clean + self.video_decoder + self.vocoder
+        return self.ended_at - self.started_at - parts
+
+
+@dataclass
+class ChunkTiming:
+    """One chunk's trip (monotonic s): sent to the compute process with `batch_size` chunks, computed there,
+    its reply received, and delivered to the session."""
+
+    chunk: int
+    batch_size: int
+    sent_at: float
+    compute: ComputeTiming
+    received_at: float
+    delivered_at: float
+
+    def spans(self) -> dict[str, float]:
+        """The `BATCH_SPANS` of this chunk's batch, in seconds."""
+        compute = self.compute
+        return {
+            "to_compute": compute.started_at - self.sent_at,
+            **{name: getattr(compute, name) for name in COMPUTE_SPANS},
+            "from_compute": self.received_at - compute.ended_at,
+            "deliver": self.delivered_at - self.received_at,
+        }
+
+
+@dataclass
+class FirstAudio:
+    """How an utterance's first audio came about on the server: its first text piece arrived at
+    `text_received_at`, its first phoneme played at `plays_at` (monotonic s), and the spans between (s)."""
+
+    session_id: str
+    text_start: int
+    text_received_at: float
+    plays_at: float
+    spans: dict[str, float]
+
+    @property
+    def total(self) -> float:
+        """Seconds from the first text piece to the first phoneme playing."""
+        return self.plays_at - self.text_received_at
+
+
+def first_audio(
+    session_id: str,
+    text_start: int,
+    text_received_at: float,
+    text_ready_at: float,
+    g2p: float,
+    chunk: ChunkTiming,
+    plays_at: float,
+) -> FirstAudio:
+    """The breakdown of an utterance whose first chunk needed the text that arrived by `text_ready_at`, whose
+    G2P took `g2p` seconds in the pass that made that chunk's phonemes final, and which `chunk` carried."""
+    spans = {
+        "text": text_ready_at - text_received_at,
+        "scheduler": chunk.sent_at - text_ready_at - g2p,
+        "g2p": g2p,
+        **chunk.spans(),
+        "buffered": plays_at - chunk.delivered_at,
+        "other": chunk.compute.untimed,
+    }
+    return FirstAudio(session_id, text_start, text_received_at, plays_at, spans)
+
+
+@dataclass
+class SpanHistograms:
+    """A histogram per span name (seconds), for /metrics."""
+
+    names: tuple[str, ...]
+    histograms: dict[str, Histogram] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.histograms = {name: Histogram() for name in self.names}
+
+    def observe(self, spans: dict[str, float]) -> None:
+        for name, seconds in spans.items():
+            self.histograms[name].observe(seconds)

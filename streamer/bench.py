@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import functools
 import math
-import platform
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TypeVar
 
 import numpy as np
@@ -43,6 +41,7 @@ from sonate.models.sampler import (
 )
 from sonate.models.teacher import teacher_forward
 from sonate.models.transformer import ChunkPhonemes, SonateModel
+from sonate.streamer.bench_report import Report, run_info
 
 SEED = 0
 VOICE_SECONDS = 3.0  # length of the random reference voice clip
@@ -170,8 +169,7 @@ def _bench(
         "kernels_backend": kernels.backend(),
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        **run_info(),
     }
 
 
@@ -333,8 +331,8 @@ def preset_name(cfg: SonateConfig) -> str:
     return next((name for name in PRESETS if SonateConfig.preset(name).to_dict() == values), "custom")
 
 
-def print_model_report(result: dict) -> None:
-    """Print the figures of `bench_model` as a readable table."""
+def model_report(result: dict) -> Report:
+    """The figures of `bench_model` as a readable table."""
     guidance = result["cfg"]
     cfg_text = f"audio {guidance['audio']:g} / video {guidance['video']:g}" if guidance["enabled"] else "off"
     context = result["speedup_context_chunks"]  # W once the stream is longer than the window
@@ -360,12 +358,4 @@ def print_model_report(result: dict) -> None:
     for point in result.get("recompute_curve", []):
         rows.append((f"recompute {point['seconds_streamed']:.0f} s", f"{point['recompute_chunk_ms']:.0f} ms a chunk "
                      f"recomputing everything streamed, {point['ratio']:.1f}× the cached chunk"))  # fmt: skip
-    print_rows(f"sonate model bench — {result['timestamp']}", rows)
-
-
-def print_rows(title: str, rows: list[tuple[str, str]]) -> None:
-    """Print a benchmark report: a title, then one aligned `name  text` line per figure."""
-    width = max(len(name) for name, _ in rows)
-    print(title)
-    for name, text in rows:
-        print(f"  {name:<{width}}  {text}")
+    return Report(f"sonate model bench — {result['timestamp']}", rows)

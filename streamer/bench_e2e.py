@@ -21,20 +21,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import multiprocessing
 import os
-import platform
 import resource
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
-from importlib import metadata
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,13 +43,17 @@ from sonate.models.config import PRESETS
 from sonate.models.decoders import Codecs
 from sonate.models.errors import SonateInputError
 from sonate.models.transformer import SonateModel
-from sonate.streamer.bench import preset_name, print_rows
+from sonate.streamer.bench import preset_name
+from sonate.streamer.bench_breakdown import first_audio_breakdown
+from sonate.streamer.bench_plots import plot_stacked_spans, plot_waterfall
+from sonate.streamer.bench_report import Report, run_info, write_outputs
 from sonate.streamer.clapper import av_offsets, beep_times, flash_times
 from sonate.streamer.engine import SOURCES, Engine, EngineConfig
 from sonate.streamer.server import ServerConfig, create_app
 
 log = logging.getLogger(__name__)
 
+TEXT_MODES = ("stream", "sentence")
 TOKENS_PER_SECOND = 30.0  # text pieces (words) sent per second, as an LLM streams them
 TURN_GAP_S = 1.0  # pause after each sentence's speech.done before the next sentence (s)
 STAGGER_S = 0.7  # client i starts i times this later (s)
@@ -81,7 +81,10 @@ class E2EConfig:
     source: the media source of the speech phase ("model", or "clapper" to leave the model out);
     tokens_per_second: words sent per second within a sentence; sync_seconds: seconds each client watches the
     clapper in the sync phase (0 skips it); warmup: run one untimed session first; threads: the engine's torch
-    CPU threads (`EngineConfig.threads`).
+    CPU threads (`EngineConfig.threads`); text: "stream" sends each sentence word by word as it is produced,
+    "sentence" holds it until its last word is produced and sends it whole (sentence-at-a-time, as most TTS
+    servers take text); sentence_baseline: after the streamed phase, run the same conversation sentence at a
+    time on the same server, side by side; max_batch: `EngineConfig.max_batch` (1: one session per forward).
     """
 
     sessions: int = 1
@@ -91,6 +94,9 @@ class E2EConfig:
     sync_seconds: float = SYNC_SECONDS
     warmup: bool = True
     threads: int | None = EngineConfig.threads
+    text: str = "stream"
+    sentence_baseline: bool = False
+    max_batch: int | None = None
 
     def check(self) -> None:
         if self.sessions < 1:
@@ -101,6 +107,10 @@ class E2EConfig:
             raise SonateInputError(f"--threads must be at least 1, got {self.threads}")
         if self.source not in SOURCES:
             raise SonateInputError(f"unknown source {self.source!r}; choose one of {', '.join(SOURCES)}")
+        if self.text not in TEXT_MODES:
+            raise SonateInputError(f"unknown text mode {self.text!r}; choose one of {', '.join(TEXT_MODES)}")
+        if self.max_batch is not None and self.max_batch < 1:
+            raise SonateInputError(f"--max-batch must be at least 1, got {self.max_batch}")
 
 
 @dataclass
@@ -112,6 +122,7 @@ class SessionRun:
     underruns: int  # the session's playout underruns over the run (from the server, before teardown)
     media_seconds: float
     latencies: list[SpeechLatency] = field(default_factory=list)
+    held_s: dict[int, float] = field(default_factory=dict)  # text start → seconds a whole sentence was held
 
 
 # --- the server in a thread ------------------------------------------------------------------------------------
@@ -164,13 +175,21 @@ def bench_e2e(model: SonateModel, config: E2EConfig, codecs: Codecs | None = Non
     load_before = os.getloadavg()  # other work on the machine skews every figure: say how busy it was
     spawn = multiprocessing.get_context("spawn")  # a fork would copy the server's threads and locks
     with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as clients:
-        engine_config = EngineConfig(max_sessions=config.sessions, source=config.source, threads=config.threads)
+        engine_config = EngineConfig(max_sessions=config.sessions, source=config.source, threads=config.threads,
+                                     max_batch=config.max_batch)  # fmt: skip
         engine = Engine(model, engine_config, codecs)
         with local_server(engine) as server:
             if config.warmup:
                 warmup = E2EConfig(seconds=0.1, tokens_per_second=config.tokens_per_second, sync_seconds=0)
                 clients.submit(run_conversations, server.url, warmup).result()
             speech = _measure_engine(engine, lambda: clients.submit(run_conversations, server.url, config).result())
+            speech["breakdown"] = first_audio_breakdown(engine, speech)
+            if config.sentence_baseline:
+                sentences = replace(config, text="sentence")
+                baseline = _measure_engine(
+                    engine, lambda: clients.submit(run_conversations, server.url, sentences).result()
+                )
+                speech["sentence_baseline"] = baseline
         sync: dict = {"av_offsets_ms": [], "av_arrival_offsets_ms": [], "sync_underruns": 0}
         if config.sync_seconds > 0:
             clapper = Engine(model, EngineConfig(max_sessions=config.sessions, source="clapper"))
@@ -186,10 +205,13 @@ def _measure_engine(engine: Engine, run: Callable[[], tuple[list[SessionRun], fl
               _cpu_seconds(engine.compute_pid))  # fmt: skip
     started = time.monotonic()
     runs, clients_cpu_seconds = run()
-    wall = time.monotonic() - started
+    ended = time.monotonic()
+    wall = ended - started
     batches = metrics.batches - before[2]
     return {
         "runs": runs,
+        "started_at": started,
+        "ended_at": ended,
         "wall_seconds": wall,
         "compute_seconds": metrics.compute_seconds - before[0],
         "engine_media_seconds": metrics.media_seconds - before[1],
@@ -225,10 +247,16 @@ async def _converse(client: SonateClient, index: int, config: E2EConfig, delay_s
         async with ClientSession(client, info, ClientOptions(reference=True)) as session:
             assert session.recorder is not None
             await asyncio.wait_for(session.recorder.media_arrived.wait(), FIRST_MEDIA_TIMEOUT_S)
-            start, turns = time.monotonic(), 0
+            start, turns, offset, held_s = time.monotonic(), 0, 0, {}
             while time.monotonic() - start < config.seconds:
                 sentence = SENTENCES[(max(index, 0) * 3 + turns) % len(SENTENCES)] + " "
-                pieces = await session.stream_text(sentence, config.tokens_per_second)
+                if config.text == "sentence":  # the sentence is produced at the same pace, but sent whole
+                    held_s[offset] = len(sentence.split()) / config.tokens_per_second
+                    await asyncio.sleep(held_s[offset])
+                    pieces = [await session.send_text(sentence)]
+                else:
+                    pieces = await session.stream_text(sentence, config.tokens_per_second)
+                offset += len(sentence)
                 await session.flush()
                 last = await session.wait_for("input.accepted", lambda e, i=pieces[-1].id: e.get("id") == i)
                 spoken_end = int(last["text_end"]) - 1  # type: ignore[call-overload]  # the trailing space
@@ -240,7 +268,7 @@ async def _converse(client: SonateClient, index: int, config: E2EConfig, delay_s
         await client.delete_session(info.session_id)
     log.info("session %s: %d turns, %d underruns", info.session_id, turns, described["underruns"])
     return SessionRun(info.session_id, turns, int(described["underruns"]), float(described["media_seconds"]),
-                      session.speech_latencies())  # fmt: skip
+                      session.speech_latencies(), held_s)  # fmt: skip
 
 
 def run_clapper_watch(url: str, config: E2EConfig) -> dict:
@@ -298,11 +326,17 @@ def _percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
+def _first_media_ms(runs: list[SessionRun], figure: str = "ttfa_ms") -> list[float]:
+    """Every located utterance's `figure` (`ttfa_ms` or `ttfv_ms`), from when its first word was produced: for
+    text sent sentence by sentence, the time a sentence was held counts too."""
+    return [getattr(x, figure) + run.held_s.get(x.text_start, 0.0) * 1e3
+            for run in runs for x in run.latencies if getattr(x, figure) is not None]  # fmt: skip
+
+
 def _report(model: SonateModel, config: E2EConfig, speech: dict, sync: dict, load_before: tuple) -> dict:
     runs: list[SessionRun] = speech["runs"]
     latencies = [latency for run in runs for latency in run.latencies]
-    ttfa = [x.ttfa_ms for x in latencies if x.ttfa_ms is not None]
-    ttfv = [x.ttfv_ms for x in latencies if x.ttfv_ms is not None]
+    ttfa, ttfv = _first_media_ms(runs), _first_media_ms(runs, "ttfv_ms")
     ttfa_ws = [x.ttfa_websocket_ms for x in latencies if x.ttfa_websocket_ms is not None]
     ttfa_server = [x.server_ttfa_ms for x in latencies]
     av = [abs(x) for x in sync["av_offsets_ms"]]
@@ -310,6 +344,8 @@ def _report(model: SonateModel, config: E2EConfig, speech: dict, sync: dict, loa
     session_minutes = sum(run.media_seconds for run in runs) / 60
     media, wall = speech["engine_media_seconds"], speech["wall_seconds"]
     cfg = model.cfg
+    info = run_info()
+    info["machine"]["load_average_before"] = list(load_before)
     return {
         "benchmark": "e2e",
         "sessions": config.sessions,
@@ -317,6 +353,8 @@ def _report(model: SonateModel, config: E2EConfig, speech: dict, sync: dict, loa
         "source": config.source,
         "tokens_per_second": config.tokens_per_second,
         "engine_threads": config.threads,
+        "text": config.text,
+        "max_batch": config.max_batch,
         "turn_gap_s": TURN_GAP_S,
         "stagger_s": STAGGER_S,
         "preset": preset_name(cfg),
@@ -353,9 +391,28 @@ def _report(model: SonateModel, config: E2EConfig, speech: dict, sync: dict, loa
         "clients_cpu_per_second": speech["clients_cpu_seconds"] / wall,
         "batch_ms_p50": _percentile(speech["batch_ms"], 50),
         "batch_ms_p95": _percentile(speech["batch_ms"], 95),
+        "first_audio_breakdown": speech["breakdown"],
+        **_sentence_baseline(speech, ttfa),
         "per_session": [{**asdict(run), "latencies": [_latency_row(x) for x in run.latencies]} for run in runs],
-        "machine": {**_machine(), "load_average_before": list(load_before)},
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        **info,
+    }
+
+
+def _sentence_baseline(speech: dict, streamed_ttfa: list[float]) -> dict:
+    """The sentence-at-a-time phase's figures beside the streamed one's, if it ran."""
+    baseline = speech.get("sentence_baseline")
+    if baseline is None:
+        return {}
+    ttfa = _first_media_ms(baseline["runs"])
+    ratio = np.median(ttfa) / np.median(streamed_ttfa) if ttfa and streamed_ttfa else None
+    return {
+        "sentence_at_a_time": {
+            "utterances": len(ttfa),
+            "ttfa_ms_p50": _percentile(ttfa, 50),
+            "ttfa_ms_p95": _percentile(ttfa, 95),
+            "underruns": sum(run.underruns for run in baseline["runs"]),
+        },
+        "ttfa_ratio_sentence_over_stream": None if ratio is None else float(ratio),
     }
 
 
@@ -370,23 +427,8 @@ def _latency_row(latency: SpeechLatency) -> dict:
     }
 
 
-def _machine() -> dict:
-    versions = {}
-    for package in ("sonate", "torch", "aiortc", "av", "numpy", "uvicorn", "fastapi", "websockets"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[package] = metadata.version(package)
-    return {
-        "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_average": list(os.getloadavg()),  # 1, 5 and 15 minutes, at the end of the run
-        "versions": versions,
-    }
-
-
-def print_e2e_report(result: dict) -> None:
-    """Print the figures of `bench_e2e` as a readable table."""
+def e2e_report(result: dict) -> Report:
+    """The figures of `bench_e2e` as a readable table."""
 
     def ms(key: str) -> str:
         value = result[key]
@@ -399,7 +441,8 @@ def print_e2e_report(result: dict) -> None:
                   f"preset {result['preset']} ({result['params'] / 1e6:.2f} M params), "
                   f"{result['engine_threads']} torch thread(s), text at {result['tokens_per_second']:g} words/s"),
         ("machine", f"{machine['cpu_count']} CPUs, load {machine['load_average_before'][0]:.2f} before the run, "
-                    f"torch {machine['versions'].get('torch')}, aiortc {machine['versions'].get('aiortc')}"),
+                    f"torch {result['versions'].get('torch')}, aiortc {result['versions'].get('aiortc')}, "
+                    f"revision {result['git_revision']}"),
         ("utterances", f"{result['utterances']} ({result['utterances_located']} located in the WebRTC media)"),
         ("ttfa ms", f"p50 {ms('ttfa_ms_p50')}   p95 {ms('ttfa_ms_p95')}   max {ms('ttfa_ms_max')}   "
                     "(text sent → first phoneme's audio received over WebRTC)"),
@@ -419,7 +462,39 @@ def print_e2e_report(result: dict) -> None:
                           f"max {ms('av_offset_ms_max')}   over {result['av_claps']} claps (by pts; "
                           f"arrival: audio {ms('av_arrival_offset_ms_p50')} ms after video, p50)"),
     ]  # fmt: skip
-    print_rows(f"sonate e2e bench — {result['timestamp']}", rows)
+    if result["text"] == "sentence" or result["max_batch"] is not None:
+        rows.insert(1, ("modes", f"text sent {'sentence at a time' if result['text'] == 'sentence' else 'streamed'}, "
+                                 f"at most {result['max_batch'] or 'every due'} session(s) per batch"))  # fmt: skip
+    baseline = result.get("sentence_at_a_time")
+    if baseline is not None:
+        rows.append(("sentence at a time", f"ttfa p50 {baseline['ttfa_ms_p50']:.0f} ms, p95 "
+                     f"{baseline['ttfa_ms_p95']:.0f} ms over {baseline['utterances']} utterances: "
+                     f"{result['ttfa_ratio_sentence_over_stream']:.2f}× the streamed text's p50"))  # fmt: skip
+    tables = []
+    breakdown = result["first_audio_breakdown"]
+    if breakdown["utterances"]:
+        explained = (f"the named spans explain {breakdown['explained_mean']:.1%} of the ttfa on average (least "
+                     f"{breakdown['explained_min']:.1%}) over {breakdown['utterances']} utterances")  # fmt: skip
+        rows.append(("explained", explained))
+        p50, mean, steady = breakdown["spans_ms_p50"], breakdown["spans_ms_mean"], breakdown["steady_state_batch_ms"]
+        span_rows = [[name, f"{p50[name]:.1f}", f"{mean[name]:.1f}", f"{steady[name]:.1f}" if name in steady else ""]
+                     for name in breakdown["spans"]]  # fmt: skip
+        tables.append(("where the time to first audio goes (ms)",
+                       ["span", "p50", "mean", "steady-state batch mean"], span_rows))  # fmt: skip
+    return Report(f"sonate e2e bench — {result['timestamp']}", rows, tables)
+
+
+def e2e_plots(result: dict) -> dict[str, Callable[[Path], None]]:
+    """The waterfall of the median reply, and the spans of its first audio beside a steady-state batch."""
+    breakdown = result["first_audio_breakdown"]
+    if not breakdown["utterances"]:
+        return {}
+    first = {k: v for k, v in breakdown["spans_ms_p50"].items() if k != "upstream"}
+    bars = {"first audio (p50 of each span)": first, "steady-state batch (mean)": breakdown["steady_state_batch_ms"]}
+    return {
+        "waterfall": lambda path: plot_waterfall(breakdown["waterfall"], path),
+        "spans": lambda path: plot_stacked_spans(bars, path, "time to first audio vs a steady-state batch", "ms"),
+    }
 
 
 def add_bench_e2e_parser(bench_subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -443,6 +518,19 @@ def add_bench_e2e_parser(bench_subcommands: argparse._SubParsersAction) -> argpa
                    help=f"words sent per second within a sentence (default {TOKENS_PER_SECOND:g})")  # fmt: skip
     p.add_argument("--sync-seconds", type=float, default=SYNC_SECONDS,
                    help=f"seconds of the clapper phase (A/V offset; default {SYNC_SECONDS:g}; 0 skips)")  # fmt: skip
+    p.add_argument(
+        "--text",
+        choices=TEXT_MODES,
+        default="stream",
+        help="send each sentence word by word as produced, or whole once produced (default stream)",
+    )
+    p.add_argument(
+        "--sentence-baseline",
+        action="store_true",
+        help="then run the same conversation sentence at a time on the same server, side by side",
+    )
+    p.add_argument("--max-batch", type=int,
+                   help="most sessions per batch (default: every session due; 1: one at a time)")  # fmt: skip
     p.add_argument("--threads", type=int, default=EngineConfig.threads,
                    help=f"the engine's torch CPU threads (default {EngineConfig.threads})")  # fmt: skip
     p.set_defaults(run=run_bench_e2e)
@@ -454,9 +542,9 @@ def run_bench_e2e(args: argparse.Namespace) -> None:
     from sonate.models.checkpoint import load_checkpoint, random_model
     from sonate.models.config import SonateConfig
 
-    config = E2EConfig(
-        args.sessions, args.seconds, args.source, args.tokens_per_second, args.sync_seconds, threads=args.threads
-    )
+    config = E2EConfig(args.sessions, args.seconds, args.source, args.tokens_per_second, args.sync_seconds,
+                       threads=args.threads, text=args.text, sentence_baseline=args.sentence_baseline,
+                       max_batch=args.max_batch)  # fmt: skip
     config.check()
     codecs = None
     if args.checkpoint is not None:
@@ -467,7 +555,4 @@ def run_bench_e2e(args: argparse.Namespace) -> None:
     else:
         raise SonateInputError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     result = bench_e2e(model, config, codecs)
-    print_e2e_report(result)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_outputs(result, e2e_report(result), args.json, e2e_plots(result))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import sys
@@ -27,7 +26,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
@@ -44,6 +42,7 @@ from sonate.models.positions import chunk_rope_tables
 from sonate.models.sampler import ChunkStream, Guidance
 from sonate.models.teacher import token_layout
 from sonate.streamer.bench import SEED, random_conditioning, random_phonemes
+from sonate.streamer.bench_report import Report, run_info, write_outputs
 
 GPU_ATOL = 2e-2  # bf16 kernels against the fp32 reference of the same inputs
 CPU_ATOL = 1e-4  # fp32 through the interpreter
@@ -92,7 +91,7 @@ def bench_kernels(preset: str = "1b", smoke: bool = False, flex: bool = True) ->
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "dtype": str(plan.dtype).removeprefix("torch."),
         "torch_version": torch.__version__,
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        **run_info(),
         "checks": _checks(plan, triton, device),
         "chunk_attention": _chunk_attention(plan, triton, device, flex),
         "split_kv": _split_kv(plan, triton, device),
@@ -341,37 +340,36 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def print_kernels_report(result: dict) -> None:
-    """Print the figures of `bench_kernels` as readable tables."""
-    print(f"sonate kernel bench — {result['timestamp']}: {result['preset']} on {result['device']}, {result['dtype']}, "
-          f"torch {result['torch_version']}, {result['seconds']:.0f} s")  # fmt: skip
-    print("checks (Triton vs the fp32 reference of the same inputs)")
-    for check in result["checks"]:
-        verdict = "ok" if check["ok"] else "FAIL"
-        print(f"  {check['kernel']:<30} max error {check['max_error']:.2e}  (atol {check['atol']:g})  {verdict}")
-    print("chunk attention, TFLOP/s (ms)")
-    print(f"  {'batch':>5} {'cache':>5} {'keys':>6}  {'triton':>16} {'sdpa':>16} {'flex':>16}  {'max |Δ| vs sdpa':>16}")
-    for row in result["chunk_attention"]:
-        cells = [_cell(row, name) for name in ("triton", "sdpa", "flex")]
-        print(f"  {row['batch']:>5} {row['cache_chunks']:>5} {row['keys']:>6}  {cells[0]:>16} {cells[1]:>16} "
-              f"{cells[2]:>16}  {row['triton_vs_sdpa_max_error']:>16.2e}")  # fmt: skip
-    print("split-KV, batch 1 against the longest cache (ms)")
-    for row in result["split_kv"]:
-        print(f"  {row['queries']:>5} queries × {row['keys']} keys: one pass {row['one_pass_ms']:.3f}, "
-              f"split {row['split_ms']:.3f} ({row['speedup']:.2f}×)")  # fmt: skip
+def kernels_report(result: dict) -> Report:
+    """The figures of `bench_kernels` as readable tables."""
+    rows = [("setup", f"{result['preset']} on {result['device']}, {result['dtype']}, torch {result['torch_version']}, "
+                      f"{result['seconds']:.0f} s")]  # fmt: skip
+    checks = [[c["kernel"], f"{c['max_error']:.2e}", f"{c['atol']:g}", "ok" if c["ok"] else "FAIL"]
+              for c in result["checks"]]  # fmt: skip
+    chunk = [[str(r["batch"]), str(r["cache_chunks"]), str(r["keys"]),
+              *(_cell(r, name) for name in ("triton", "sdpa", "flex")), f"{r['triton_vs_sdpa_max_error']:.2e}"]
+             for r in result["chunk_attention"]]  # fmt: skip
+    split = [[str(r["queries"]), str(r["keys"]), f"{r['one_pass_ms']:.3f}", f"{r['split_ms']:.3f}",
+              f"{r['speedup']:.2f}×"] for r in result["split_kv"]]  # fmt: skip
     train = result["block_causal"]
     tiles = train["tiles_128"]
-    print(f"block-causal training attention, {train['tokens']} tokens ({train['chunks']} clean + noisy chunks), "
-          f"density {train['density']:.3f}, 128² tiles empty/partial/full {tiles['empty']}/{tiles['partial']}/"
-          f"{tiles['full']}; TFLOP/s (ms)")  # fmt: skip
-    for name in ("triton", "flex"):
-        if f"{name}_forward_ms" in train:
-            backward = _cell(train, f"{name}_backward") if f"{name}_backward_ms" in train else "—"
-            print(f"  {name:<7} forward {_cell(train, f'{name}_forward'):>16}   backward {backward:>16}")
-    print("end to end (median chunk once the window is full)")
-    for row in result["end_to_end"]:
-        print(f"  {row['kernels']:<9} CFG {'on ' if row['cfg'] else 'off'} {row['steps']} steps: "
-              f"{row['chunk_ms']:8.1f} ms/chunk  {row['fps']:7.1f} fps  rtf {row['rtf']:.3f}")  # fmt: skip
+    training = [[name, _cell(train, f"{name}_forward"), _cell(train, f"{name}_backward")]
+                for name in ("triton", "flex") if f"{name}_forward_ms" in train]  # fmt: skip
+    end_to_end = [[r["kernels"], "on" if r["cfg"] else "off", str(r["steps"]), f"{r['chunk_ms']:.1f}",
+                   f"{r['fps']:.1f}", f"{r['rtf']:.3f}"] for r in result["end_to_end"]]  # fmt: skip
+    tables = [
+        ("checks (Triton vs the fp32 reference of the same inputs)", ["kernel", "max error", "atol", ""], checks),
+        ("chunk attention, TFLOP/s (ms)", ["batch", "cache", "keys", "triton", "sdpa", "flex", "max |Δ| vs sdpa"],
+         chunk),
+        ("split-KV, batch 1 against the longest cache (ms)", ["queries", "keys", "one pass", "split", "speedup"],
+         split),
+        (f"block-causal training attention, {train['tokens']} tokens ({train['chunks']} clean + noisy chunks), "
+         f"density {train['density']:.3f}, 128² tiles empty/partial/full {tiles['empty']}/{tiles['partial']}/"
+         f"{tiles['full']}; TFLOP/s (ms)", ["kernel", "forward", "backward"], training),
+        ("end to end (median chunk once the window is full)", ["kernels", "CFG", "steps", "ms/chunk", "fps", "rtf"],
+         end_to_end),
+    ]  # fmt: skip
+    return Report(f"sonate kernel bench — {result['timestamp']}", rows, tables)
 
 
 def _cell(row: dict, name: str) -> str:
@@ -399,10 +397,7 @@ def add_bench_kernels_parser(bench_subcommands: argparse._SubParsersAction) -> a
 
 def run_bench_kernels(args: argparse.Namespace) -> None:
     result = bench_kernels(args.preset, smoke=args.smoke, flex=not args.no_flex)
-    print_kernels_report(result)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_outputs(result, kernels_report(result), args.json)
 
 
 def main(argv: list[str] | None = None) -> None:

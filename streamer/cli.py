@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -167,7 +166,9 @@ def _run_bench_model(args: argparse.Namespace) -> None:
     from sonate.models.checkpoint import load_checkpoint, random_model
     from sonate.models.config import SonateConfig
     from sonate.models.sampler import Guidance
-    from sonate.streamer.bench import bench_model, print_model_report
+    from sonate.streamer.bench import bench_model, model_report
+    from sonate.streamer.bench_plots import plot_recompute_curve
+    from sonate.streamer.bench_report import write_outputs
 
     if args.seconds <= 0 or args.steps < 1:
         raise SonateInputError("--seconds must be positive and --steps at least 1")
@@ -181,10 +182,8 @@ def _run_bench_model(args: argparse.Namespace) -> None:
     guidance = Guidance() if args.no_cfg else Guidance(cfg.audio_guidance, cfg.video_guidance)
     result = bench_model(cfg, args.seconds, args.steps, guidance, threads=args.threads, model=model, codecs=codecs,
                          recompute_seconds=args.recompute_seconds)  # fmt: skip
-    print_model_report(result)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    plots = {"recompute": lambda path: plot_recompute_curve(result, path)} if args.recompute_seconds else {}
+    write_outputs(result, model_report(result), args.json, plots)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +30,7 @@ from sonate.streamer.spans import (
     BATCH_SPANS,
     FIRST_AUDIO_SPANS,
     KEPT_BREAKDOWNS,
+    KEPT_CHUNKS,
     ChunkTiming,
     FirstAudio,
     SpanHistograms,
@@ -53,7 +55,9 @@ class EngineConfig:
     that arrives cuts the idle media made ahead, so this costs new text no time: it is margin for busy
     moments); lookahead_timeout_s: how long a half-arrived word may hold a chunk back (seconds);
     first_unit_words: words in the first unit of text of an utterance given to G2P (fewer: speech starts sooner
-    on text streamed word by word; more: one phrasing break fewer; later units hold up to 4); threads: torch
+    on text streamed word by word; more: one phrasing break fewer; later units hold up to 4); max_batch: the
+    most sessions one batch makes a chunk for (None: every session due — continuous batching; 1: one session
+    per forward, the most urgent first, as a baseline); threads: torch
     CPU threads of the compute process (None leaves torch's choice); source: "model" generates media,
     "clapper" replaces the model with A/V sync test media (a flash and a beep each second) on the same path.
     """
@@ -63,6 +67,7 @@ class EngineConfig:
     idle_lead_chunks: int = 2
     lookahead_timeout_s: float = 0.4
     first_unit_words: int = 2
+    max_batch: int | None = None
     steps: int | None = None
     guidance: Guidance | None = None
     threads: int | None = 1
@@ -83,6 +88,7 @@ class EngineMetrics:
     batch_spans: SpanHistograms = field(default_factory=lambda: SpanHistograms(BATCH_SPANS))
     first_audio_spans: SpanHistograms = field(default_factory=lambda: SpanHistograms(FIRST_AUDIO_SPANS))
     first_audio: list[FirstAudio] = field(default_factory=list)  # breakdowns of time to first audio, newest last
+    chunk_log: deque[tuple[str, ChunkTiming]] = field(default_factory=lambda: deque(maxlen=KEPT_CHUNKS))
 
     def observe_batch(self, seconds: float, chunks: int, media_seconds: float) -> None:
         self.batches += 1
@@ -123,6 +129,8 @@ class Engine:
             raise SonateInputError(f"unknown media source {self.config.source!r}; choose one of {', '.join(SOURCES)}")
         if self.config.max_lead_chunks > self.cfg.max_rollback_chunks:
             raise ValueError("max_lead_chunks must not exceed the model's max_rollback_chunks")
+        if self.config.max_batch is not None and self.config.max_batch < 1:
+            raise SonateInputError("max_batch must be at least 1 (or None: every session due)")
         guidance = self.config.guidance or Guidance(self.cfg.audio_guidance, self.cfg.video_guidance)
         self._setup = ComputeSetup(model, codecs or Codecs.random(self.cfg), self.config.max_sessions, guidance,
                                    self.config.steps, self.config.threads, self.config.source)  # fmt: skip
@@ -259,6 +267,9 @@ class Engine:
                 self._wake.clear()
                 now = time.monotonic()
                 due = [s for s in self.sessions.values() if s.wants_chunk(now)]
+                if self.config.max_batch is not None:  # the least media buffered ahead first
+                    due = sorted(due, key=lambda s: s.generation_front - s.playout.position_seconds)
+                    due = due[: self.config.max_batch]
                 if not due:
                     try:
                         async with asyncio.timeout(TICK):
@@ -303,6 +314,7 @@ class Engine:
         timings = [ChunkTiming(c.index, len(chunks), sent_at, compute, received_at, delivered_at) for c in chunks]
         for session, epoch, timing in zip(due, epochs, timings, strict=True):
             session.record_timing(timing, epoch)
+            self.metrics.chunk_log.append((session.id, timing))
         self.metrics.batch_spans.observe(timings[0].spans())
 
     async def _in_compute(self, method: str, *args: object) -> object:

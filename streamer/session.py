@@ -247,7 +247,7 @@ class Session:
         if received is None or ready is None or timing is None or tick is None or self.playout.start_time is None:
             return None
         plays_at = self.playout.start_time + tick * TICK + (media_s % TICK)
-        return first_audio(self.id, text_base, received, *ready, timing, plays_at)
+        return first_audio(self.id, text_base, media_s, received, *ready, timing, plays_at)
 
     def deliver(self, chunk: AVChunk, epoch: int) -> None:
         """A chunk made for this session: buffer it for playout and hand it to every subscriber."""

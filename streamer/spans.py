@@ -30,6 +30,7 @@ COMPUTE_SPANS = ("euler", "clean", "video_decoder", "vocoder")
 BATCH_SPANS = ("to_compute", *COMPUTE_SPANS, "from_compute", "deliver")
 FIRST_AUDIO_SPANS = ("text", "scheduler", "g2p", *BATCH_SPANS, "buffered", "other")
 KEPT_BREAKDOWNS = 1000  # first-audio breakdowns the engine keeps, newest last
+KEPT_CHUNKS = 4096  # chunk timings the engine keeps, newest last
 
 
 @dataclass
@@ -76,10 +77,12 @@ class ChunkTiming:
 @dataclass
 class FirstAudio:
     """How an utterance's first audio came about on the server: its first text piece arrived at
-    `text_received_at`, its first phoneme played at `plays_at` (monotonic s), and the spans between (s)."""
+    `text_received_at`, its first phoneme (at `media_time` s on the session clock) played at `plays_at`
+    (monotonic s), and the spans between (s)."""
 
     session_id: str
     text_start: int
+    media_time: float
     text_received_at: float
     plays_at: float
     spans: dict[str, float]
@@ -93,6 +96,7 @@ class FirstAudio:
 def first_audio(
     session_id: str,
     text_start: int,
+    media_time: float,
     text_received_at: float,
     text_ready_at: float,
     g2p: float,
@@ -109,7 +113,7 @@ def first_audio(
         "buffered": plays_at - chunk.delivered_at,
         "other": chunk.compute.untimed,
     }
-    return FirstAudio(session_id, text_start, text_received_at, plays_at, spans)
+    return FirstAudio(session_id, text_start, media_time, text_received_at, plays_at, spans)
 
 
 @dataclass

@@ -156,7 +156,7 @@ def test_bench_e2e_smoke_run_writes_every_figure(tmp_path: Path, capsys: pytest.
     parser = argparse.ArgumentParser(prog="sonate bench")
     add_bench_e2e_parser(parser.add_subparsers(dest="target", required=True))
     out = tmp_path / "e2e.json"
-    args = parser.parse_args(["e2e", "--sessions", "1", "--seconds", "1", "--sync-seconds", "2.2",
+    args = parser.parse_args(["e2e", "--sessions", "1", "--seconds", "1", "--sync-seconds", "2.2", "--sentence-baseline",
                               "--checkpoint", str(checkpoint), "--json", str(out)])  # fmt: skip
     args.run(args)
     assert "ttfa ms" in capsys.readouterr().out
@@ -166,4 +166,14 @@ def test_bench_e2e_smoke_run_writes_every_figure(tmp_path: Path, capsys: pytest.
     assert not missing, (missing, result)
     assert result["sessions"] == 1 and result["utterances"] >= 1 and result["av_claps"] >= 1
     assert 0 < result["ttfa_ms_p50"] < 5000 and result["av_offset_ms_p95"] < 40
-    assert {"platform", "cpu_count", "versions", "load_average"} <= set(result["machine"])
+    assert {"platform", "cpu_count", "load_average"} <= set(result["machine"]) and "torch" in result["versions"]
+    breakdown = result["first_audio_breakdown"]
+    assert breakdown["utterances"] >= 1 and breakdown["spans"][0] == "upstream"
+    for utterance in breakdown["per_utterance_ms"]:
+        assert all(utterance[name] >= 0 for name in breakdown["spans"]), utterance
+        assert sum(utterance[name] for name in breakdown["spans"]) == pytest.approx(utterance["ttfa"], abs=0.01)
+    assert 0 < breakdown["explained_min"] <= 1 and breakdown["steady_state_batch_ms"]["euler"] > 0
+    assert result["sentence_at_a_time"]["utterances"] >= 1 and result["ttfa_ratio_sentence_over_stream"] > 0
+    for written in ("e2e.md", "e2e-waterfall.png", "e2e-spans.png"):
+        assert (tmp_path / written).stat().st_size > 1000, written
+    assert "| euler |" in (tmp_path / "e2e.md").read_text()

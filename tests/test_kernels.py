@@ -10,6 +10,7 @@ run in-process on CPU tensors. The end-to-end check runs the streaming exactness
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -304,10 +305,14 @@ def test_streaming_equals_one_pass_on_triton() -> None:
     assert "2 passed" in result.stdout
 
 
-def test_bench_kernels_smoke() -> None:
-    from sonate.streamer.bench_kernels import bench_kernels, print_kernels_report
+def test_bench_kernels_smoke(tmp_path: Path) -> None:
+    from sonate.streamer.bench_kernels import bench_kernels, kernels_report
+    from sonate.streamer.bench_report import write_outputs
 
     result = bench_kernels(smoke=True)
     assert result["checks"] and all(check["ok"] for check in result["checks"])
     assert result["chunk_attention"] and result["block_causal"] and result["end_to_end"]
-    print_kernels_report(result)
+    write_outputs(result, kernels_report(result), tmp_path / "kernels.json")
+    summary = (tmp_path / "kernels.md").read_text()
+    assert f"| {result['checks'][0]['kernel']} |" in summary
+    assert json.loads((tmp_path / "kernels.json").read_text())["versions"]["torch"] == torch.__version__

@@ -42,6 +42,7 @@ from sonate.clients.latency import SpeechLatency
 from sonate.models.config import PRESETS
 from sonate.models.decoders import Codecs
 from sonate.models.errors import SonateInputError
+from sonate.models.sampler import Guidance
 from sonate.models.transformer import SonateModel
 from sonate.streamer.bench import preset_name
 from sonate.streamer.bench_breakdown import first_audio_breakdown
@@ -84,7 +85,8 @@ class E2EConfig:
     CPU threads (`EngineConfig.threads`); text: "stream" sends each sentence word by word as it is produced,
     "sentence" holds it until its last word is produced and sends it whole (sentence-at-a-time, as most TTS
     servers take text); sentence_baseline: after the streamed phase, run the same conversation sentence at a
-    time on the same server, side by side; max_batch: `EngineConfig.max_batch` (1: one session per forward).
+    time on the same server, side by side; max_batch: `EngineConfig.max_batch` (1: one session per forward);
+    steps, guidance: the sampler's (None: the model's).
     """
 
     sessions: int = 1
@@ -97,6 +99,8 @@ class E2EConfig:
     text: str = "stream"
     sentence_baseline: bool = False
     max_batch: int | None = None
+    steps: int | None = None
+    guidance: Guidance | None = None
 
     def check(self) -> None:
         if self.sessions < 1:
@@ -175,8 +179,14 @@ def bench_e2e(model: SonateModel, config: E2EConfig, codecs: Codecs | None = Non
     load_before = os.getloadavg()  # other work on the machine skews every figure: say how busy it was
     spawn = multiprocessing.get_context("spawn")  # a fork would copy the server's threads and locks
     with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as clients:
-        engine_config = EngineConfig(max_sessions=config.sessions, source=config.source, threads=config.threads,
-                                     max_batch=config.max_batch)  # fmt: skip
+        engine_config = EngineConfig(
+            max_sessions=config.sessions,
+            source=config.source,
+            threads=config.threads,
+            max_batch=config.max_batch,
+            steps=config.steps,
+            guidance=config.guidance,
+        )
         engine = Engine(model, engine_config, codecs)
         with local_server(engine) as server:
             if config.warmup:
@@ -537,22 +547,26 @@ def add_bench_e2e_parser(bench_subcommands: argparse._SubParsersAction) -> argpa
     return p
 
 
-def run_bench_e2e(args: argparse.Namespace) -> None:
-    """The `bench e2e` subcommand."""
+def load_bench_model(checkpoint: Path | None, preset: str) -> tuple[SonateModel, Codecs | None]:
+    """The model (and codecs) a benchmark runs: a checkpoint folder ("default": the embedded one), or else a
+    preset with random weights (and seeded random codecs)."""
     from sonate.models.checkpoint import load_checkpoint, random_model
     from sonate.models.config import SonateConfig
 
+    if checkpoint is not None:
+        loaded = load_checkpoint(None if str(checkpoint) == "default" else checkpoint)
+        return loaded.model, loaded.codecs
+    if preset not in PRESETS:
+        raise SonateInputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return random_model(SonateConfig.preset(preset)), None
+
+
+def run_bench_e2e(args: argparse.Namespace) -> None:
+    """The `bench e2e` subcommand."""
     config = E2EConfig(args.sessions, args.seconds, args.source, args.tokens_per_second, args.sync_seconds,
                        threads=args.threads, text=args.text, sentence_baseline=args.sentence_baseline,
                        max_batch=args.max_batch)  # fmt: skip
     config.check()
-    codecs = None
-    if args.checkpoint is not None:
-        loaded = load_checkpoint(None if str(args.checkpoint) == "default" else args.checkpoint)
-        model, codecs = loaded.model, loaded.codecs
-    elif args.preset in PRESETS:
-        model = random_model(SonateConfig.preset(args.preset))
-    else:
-        raise SonateInputError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    model, codecs = load_bench_model(args.checkpoint, args.preset)
     result = bench_e2e(model, config, codecs)
     write_outputs(result, e2e_report(result), args.json, e2e_plots(result))

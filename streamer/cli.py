@@ -10,9 +10,11 @@ from pathlib import Path
 
 from sonate.clients.say import add_say_parser
 from sonate.models.errors import SonateInputError
+from sonate.streamer.bench_capacity import add_bench_capacity_parser
 from sonate.streamer.bench_compare import add_bench_compare_parser
 from sonate.streamer.bench_e2e import add_bench_e2e_parser
 from sonate.streamer.bench_kernels import add_bench_kernels_parser
+from sonate.streamer.bench_sweep import add_bench_sweep_parser
 from sonate.streamer.cli_data import add_data_parser
 from sonate.streamer.cli_eval import add_eval_parser
 from sonate.streamer.cli_train import add_train_parser
@@ -149,6 +151,8 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     add_bench_e2e_parser(targets)
     add_bench_kernels_parser(targets)
     add_bench_compare_parser(targets)
+    add_bench_capacity_parser(targets)
+    add_bench_sweep_parser(targets)
 
 
 def _seconds_list(text: str) -> tuple[float, ...]:

@@ -8,13 +8,19 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sonate.models.errors import SonateInputError
 from sonate.models.metrics.evaluate import GeneratedMedia, SystemUnderTest
 from sonate.models.world.dataset import ClipInfo, World
 from sonate.streamer.progress import ProgressBar
 
-__all__ = ["add_eval_parser", "checkpoint_system"]
+if TYPE_CHECKING:
+    from sonate.models.decoders import Codecs
+    from sonate.models.sampler import Guidance
+    from sonate.models.transformer import SonateModel
+
+__all__ = ["add_eval_parser", "checkpoint_system", "model_system"]
 
 
 def add_eval_parser(subcommands: argparse._SubParsersAction) -> None:
@@ -78,23 +84,33 @@ def checkpoint_system(
 ) -> tuple[SystemUnderTest, bool]:
     """The clip maker of a checkpoint ("default" or a folder) for `evaluate`, and whether its weights are random."""
     from sonate.models.checkpoint import load_checkpoint
-    from sonate.streamer.clip import generate_clip
 
     loaded = load_checkpoint(None if checkpoint == "default" else Path(checkpoint))
-    model, cfg = loaded.model, loaded.model.cfg
+    return model_system(loaded.model, loaded.codecs, seed, steps, None, one_pass), loaded.random_weights
+
+
+def model_system(
+    model: SonateModel, codecs: Codecs, seed: int, steps: int | None, guidance: Guidance | None, one_pass: bool
+) -> SystemUnderTest:
+    """The clip maker of `model` for `evaluate`: each clip's sentence in its reference voice and avatar, made
+    with `steps` Euler steps and `guidance` (None: the model's)."""
+    from sonate.streamer.clip import generate_clip
+
+    cfg = model.cfg
 
     def speak(world: World, info: ClipInfo, index: int) -> GeneratedMedia:
         clip = generate_clip(
             model,
-            loaded.codecs,
+            codecs,
             info.text,
             voice=world.reference_voice(info.timbre, "a", cfg.sample_rate),
             avatar=world.reference_image(info.avatar, cfg.avatar_image_size),
             instruction=info.instruction,
             seed=seed + index,
             steps=steps,
+            guidance=guidance,
             one_pass=one_pass,
         )
         return GeneratedMedia(clip.audio, clip.frames, clip.sample_rate, clip.fps)
 
-    return speak, loaded.random_weights
+    return speak

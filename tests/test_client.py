@@ -156,8 +156,8 @@ def test_bench_e2e_smoke_run_writes_every_figure(tmp_path: Path, capsys: pytest.
     parser = argparse.ArgumentParser(prog="sonate bench")
     add_bench_e2e_parser(parser.add_subparsers(dest="target", required=True))
     out = tmp_path / "e2e.json"
-    args = parser.parse_args(["e2e", "--sessions", "1", "--seconds", "1", "--sync-seconds", "2.2", "--sentence-baseline",
-                              "--checkpoint", str(checkpoint), "--json", str(out)])  # fmt: skip
+    args = parser.parse_args(["e2e", "--sessions", "1", "--seconds", "1", "--sync-seconds", "2.2",
+                              "--sentence-baseline", "--checkpoint", str(checkpoint), "--json", str(out)])  # fmt: skip
     args.run(args)
     assert "ttfa ms" in capsys.readouterr().out
     result = json.loads(out.read_text())

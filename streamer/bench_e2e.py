@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -50,6 +50,7 @@ from sonate.streamer.bench_plots import plot_stacked_spans, plot_waterfall
 from sonate.streamer.bench_report import Report, run_info, write_outputs
 from sonate.streamer.clapper import av_offsets, beep_times, flash_times
 from sonate.streamer.engine import SOURCES, Engine, EngineConfig
+from sonate.streamer.progress import ProgressBar
 from sonate.streamer.server import ServerConfig, create_app
 
 log = logging.getLogger(__name__)
@@ -192,12 +193,12 @@ def bench_e2e(model: SonateModel, config: E2EConfig, codecs: Codecs | None = Non
             if config.warmup:
                 warmup = E2EConfig(seconds=0.1, tokens_per_second=config.tokens_per_second, sync_seconds=0)
                 clients.submit(run_conversations, server.url, warmup).result()
-            speech = _measure_engine(engine, lambda: clients.submit(run_conversations, server.url, config).result())
+            speech = _measure_engine(engine, clients.submit(run_conversations, server.url, config), config.seconds)
             speech["breakdown"] = first_audio_breakdown(engine, speech)
             if config.sentence_baseline:
                 sentences = replace(config, text="sentence")
                 baseline = _measure_engine(
-                    engine, lambda: clients.submit(run_conversations, server.url, sentences).result()
+                    engine, clients.submit(run_conversations, server.url, sentences), config.seconds
                 )
                 speech["sentence_baseline"] = baseline
         sync: dict = {"av_offsets_ms": [], "av_arrival_offsets_ms": [], "sync_underruns": 0}
@@ -208,13 +209,21 @@ def bench_e2e(model: SonateModel, config: E2EConfig, codecs: Codecs | None = Non
     return _report(model, config, speech, sync, load_before)
 
 
-def _measure_engine(engine: Engine, run: Callable[[], tuple[list[SessionRun], float]]) -> dict:
-    """Run the clients (`run`) and return their runs with the engine's and the processes' figures over that span."""
+def _measure_engine(engine: Engine, clients: Future[tuple[list[SessionRun], float]], seconds: float) -> dict:
+    """Wait for the clients' conversations of about `seconds` (a progress bar on stderr) and return their runs with
+    the engine's and the processes' figures over that span."""
     metrics = engine.metrics
     before = (metrics.compute_seconds, metrics.media_seconds, metrics.batches, engine.underruns, _cpu_seconds(),
               _cpu_seconds(engine.compute_pid))  # fmt: skip
     started = time.monotonic()
-    runs, clients_cpu_seconds = run()
+    bar = ProgressBar("conversations")
+    while True:
+        try:
+            runs, clients_cpu_seconds = clients.result(timeout=1.0)
+            break
+        except TimeoutError:
+            bar.update(min(round(time.monotonic() - started), round(seconds)), round(seconds), "s")
+    bar.close()
     ended = time.monotonic()
     wall = ended - started
     batches = metrics.batches - before[2]

@@ -32,6 +32,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from sonate.models.checkpoint import random_model
+from sonate.streamer.bench_e2e import SERVER_START_TIMEOUT_S
 from sonate.streamer.clapper import beep_times, flash_times
 from sonate.streamer.engine import Engine, EngineConfig
 from sonate.streamer.playout import AVChunk
@@ -101,9 +102,8 @@ def running_server(source: str = "model", max_sessions: int = 2, **config: objec
     thread = threading.Thread(target=uvloop.run, args=(serve(),), name="test-server", daemon=True)
     thread.start()
     try:
-        for _ in range(500):
-            if server.started:
-                break
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S  # the engine starts its compute process first
+        while not server.started and time.monotonic() < deadline:
             assert thread.is_alive(), "the server did not start"
             threading.Event().wait(0.01)
         assert server.started

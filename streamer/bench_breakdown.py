@@ -1,13 +1,14 @@
 """Where the time to first audio goes, end to end: the engine's spans of each utterance (`sonate.streamer.spans`)
 joined with what its client measured, and the steady state of the batches.
 
-For an utterance the client sent at `text_sent_at` and received (its first phoneme located in the WebRTC audio)
-at `audio_at`, and the engine took in at `text_received_at` and played at `plays_at`, the spans are `upstream`
-(text_sent_at → text_received_at), the engine's (text_received_at → plays_at), and `transport` (plays_at →
-audio_at: encoding, the wire and the receiver's jitter buffer). The client and the server share the host's
-monotonic clock in `bench e2e`, which is what makes the two ends comparable. The spans are consecutive, so they add
-up to the ttfa; what no instrument covers is the engine's `other`, and the share of the ttfa the named spans
-explain is 1 − other / ttfa.
+For an utterance the client sent at `text_sent_at`, got over the websocket media at `websocket_at` and over WebRTC
+at `audio_at` (its first phoneme located in the received audio), and the engine took in at `text_received_at` and
+began to play at `plays_at`, the spans are `upstream` (text_sent_at → text_received_at), the engine's
+(text_received_at → plays_at), `to_client` (plays_at → websocket_at: the server's sending task and the network) and
+`webrtc` (websocket_at → audio_at: Opus and RTP, and the receiver's jitter buffer). The client and the server share
+the host's monotonic clock in `bench e2e`, which is what makes the two ends comparable. The spans are
+consecutive, so they add up to the ttfa; what no instrument covers is the engine's `other`, and the share of the
+ttfa the named spans explain is 1 − other / ttfa.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sonate.streamer.playout import TICK
 from sonate.streamer.spans import BATCH_SPANS, FIRST_AUDIO_SPANS, ChunkTiming, FirstAudio
 
 if TYPE_CHECKING:
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
     from sonate.streamer.bench_e2e import SessionRun
     from sonate.streamer.engine import Engine
 
-E2E_SPANS = ("upstream", *FIRST_AUDIO_SPANS, "transport")
+E2E_SPANS = ("upstream", *FIRST_AUDIO_SPANS, "to_client", "webrtc")
 WATERFALL_SECONDS = 2.0  # media seconds of a reply the waterfall shows
 
 
@@ -36,7 +38,7 @@ def first_audio_breakdown(engine: Engine, speech: dict) -> dict:
     for run in runs:
         for latency in run.latencies:
             breakdown = recorded.get((run.session_id, latency.text_start))
-            if breakdown is not None and latency.audio_at is not None:
+            if breakdown is not None and latency.audio_at is not None and latency.websocket_at is not None:
                 rows.append((run.session_id, latency, breakdown))
     utterances = [_e2e_spans(latency, breakdown) for _, latency, breakdown in rows]
     window = [(s, t) for s, t in engine.metrics.chunk_log if speech["started_at"] <= t.sent_at <= speech["ended_at"]]
@@ -68,11 +70,12 @@ def first_audio_breakdown(engine: Engine, speech: dict) -> dict:
 
 def _e2e_spans(latency: SpeechLatency, breakdown: FirstAudio) -> dict[str, float]:
     """One utterance's spans from the client's send to its receipt, and its ttfa, in ms."""
-    assert latency.audio_at is not None and latency.ttfa_ms is not None
+    assert latency.audio_at is not None and latency.websocket_at is not None and latency.ttfa_ms is not None
     return {
         "upstream": (breakdown.text_received_at - latency.text_sent_at) * 1e3,
         **{name: seconds * 1e3 for name, seconds in breakdown.spans.items()},
-        "transport": (latency.audio_at - breakdown.plays_at) * 1e3,
+        "to_client": (latency.websocket_at - breakdown.plays_at) * 1e3,
+        "webrtc": (latency.audio_at - latency.websocket_at) * 1e3,
         "ttfa": latency.ttfa_ms,
     }
 
@@ -93,6 +96,7 @@ def _waterfall(
                  ("scheduler", spans["text"] * 1e3, (spans["scheduler"] + spans["g2p"]) * 1e3)]  # fmt: skip
     rows = [{"label": "text", "bars": text_bars}]
     first = int(breakdown.media_time / chunk_seconds + 1e-9)
+    first_tick = int(breakdown.media_time / TICK + 1e-9) * TICK  # media time of the tick `plays_at` begins
     for index in sorted(i for i in chunks if first <= i < first + WATERFALL_SECONDS / chunk_seconds):
         timing = chunks[index]
         bars, at = [], timing.sent_at
@@ -102,11 +106,13 @@ def _waterfall(
             if name == "vocoder":
                 at += timing.compute.untimed  # `other`, between the compute parts and the reply
                 bars.append(("other", ms(at - timing.compute.untimed), timing.compute.untimed * 1e3))
-        media_start = max(index * chunk_seconds, breakdown.media_time)
-        plays_at = breakdown.plays_at + media_start - breakdown.media_time  # (no hold between)
+        media_start = max(index * chunk_seconds, first_tick)
+        plays_at = breakdown.plays_at + media_start - first_tick  # (no hold between)
         bars.append(("buffered", ms(timing.delivered_at), ms(plays_at) - ms(timing.delivered_at)))
         bars.append(("playing", ms(plays_at), ((index + 1) * chunk_seconds - media_start) * 1e3))
         if index == first:
-            bars.append(("transport", ms(breakdown.plays_at), (latency.audio_at - breakdown.plays_at) * 1e3))
+            assert latency.audio_at is not None and latency.websocket_at is not None
+            bars.append(("to_client", ms(breakdown.plays_at), ms(latency.websocket_at) - ms(breakdown.plays_at)))
+            bars.append(("webrtc", ms(latency.websocket_at), ms(latency.audio_at) - ms(latency.websocket_at)))
         rows.append({"label": f"chunk {index}", "bars": bars})
     return {"rows": rows, "first_audio_ms": breakdown.total * 1e3}

@@ -19,7 +19,8 @@ SPAN_COLOURS = {
     "deliver": "#6d4c41",
     "buffered": "#e0e0e0",
     "other": "#f06292",
-    "transport": "#ab47bc",
+    "to_client": "#ce93d8",
+    "webrtc": "#8e24aa",
     "playing": "#263238",
 }
 

@@ -246,7 +246,7 @@ class Session:
         tick = next((t.tick for t in self.playout.ticks if t.position == int(media_s / TICK + 1e-9)), None)
         if received is None or ready is None or timing is None or tick is None or self.playout.start_time is None:
             return None
-        plays_at = self.playout.start_time + tick * TICK + (media_s % TICK)
+        plays_at = self.playout.start_time + tick * TICK  # the tick's audio is sent whole when it begins
         return first_audio(self.id, text_base, media_s, received, *ready, timing, plays_at)
 
     def deliver(self, chunk: AVChunk, epoch: int) -> None:

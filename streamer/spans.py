@@ -4,8 +4,9 @@ Every stamp is `time.monotonic()` seconds. CLOCK_MONOTONIC is one clock for ever
 compute process's stamps, the engine's and a local client's line up. The engine records these always: a few
 clock reads per batch.
 
-An utterance's time to first audio on the server runs from its first text piece to the tick that plays its first
-phoneme, as consecutive spans (`FIRST_AUDIO_SPANS`):
+An utterance's time to first audio on the server runs from its first text piece to the start of the tick that
+plays its first phoneme (every transport sends a tick's audio whole when it begins), as consecutive spans
+(`FIRST_AUDIO_SPANS`):
 
 - `text`: waiting for the text its first chunk needs: the first piece → the piece (or flush, or lookahead
   timeout) that completed the words of that chunk;
@@ -14,10 +15,12 @@ phoneme, as consecutive spans (`FIRST_AUDIO_SPANS`):
 - `to_compute`, `from_compute`: the request's and the reply's trip through the pipe (pickling included);
 - `euler`, `clean`, `video_decoder`, `vocoder`: the batch's work in the compute process;
 - `deliver`: the reply handed to every session of the batch;
-- `buffered`: the chunk waiting in the playout buffer until its first phoneme's tick plays;
+- `buffered`: the chunk waiting in the playout buffer until its first phoneme's tick begins;
 - `other`: what no instrument covers (in the compute process, between its timed parts).
 
-A client adds `upstream` (its text to the server) and `transport` (encoding, the wire, its jitter buffer).
+A client adds `upstream` (its text to the server), `to_client` (the tick through the server's sending task and the
+network, as the websocket media shows it) and `webrtc` (what WebRTC adds: Opus and RTP, the receiver's jitter
+buffer).
 """
 
 from __future__ import annotations

@@ -65,20 +65,20 @@ def plot_recompute_curve(result: dict, path: Path) -> None:
 def plot_waterfall(waterfall: dict, path: Path) -> None:
     """`bench e2e`: one reply's first seconds, from its first text piece (0 ms): a row for the text, then a row
     per chunk with its spans, its wait in the playout buffer and its playing."""
-    figure, axes = _figure(9.0, 0.45 * (len(waterfall["rows"]) + 2) + 1.5)
+    figure, axes = _figure(9.0, 0.45 * (len(waterfall["rows"]) + 2) + 2.5)
     seen: set[str] = set()
     for y, row in enumerate(waterfall["rows"]):
         for name, start_ms, length_ms in row["bars"]:
             label = None if name in seen else name
             seen.add(name)
             axes.barh(y, length_ms, left=start_ms, color=SPAN_COLOURS.get(name, "#000000"), label=label, height=0.7)
-    axes.axvline(waterfall["first_audio_ms"], color="#e53935", linestyle="--", linewidth=1)
-    axes.text(waterfall["first_audio_ms"], -0.9, " first phoneme plays", color="#e53935", fontsize=8)
+    axes.axvline(waterfall["first_audio_ms"], color="#e53935", linestyle="--", linewidth=1,
+                 label="first phoneme plays (server)")  # fmt: skip
     axes.set_yticks(range(len(waterfall["rows"])), [row["label"] for row in waterfall["rows"]])
     axes.invert_yaxis()
     axes.set_xlabel("ms since the reply's first text piece reached the server")
     axes.set_title("where the time goes: the first seconds of a reply")
-    axes.legend(fontsize=7, ncol=4, loc="lower right")
+    axes.legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     axes.grid(axis="x", alpha=0.3)
     _save(figure, path)
 

@@ -225,7 +225,7 @@ class Session:
     def _mark_text(self, now: float) -> None:
         """Text of the current utterance arrived (or was flushed) up to its present end at `now`."""
         utterance = self.speech.current
-        if utterance is not None:
+        if utterance is not None and utterance.text_base not in self._text_ready:  # (later text is not needed)
             end = len(self.speech.text) - utterance.text_base
             self._text_marks.setdefault(utterance.text_base, []).append((end, now))
 

@@ -35,14 +35,19 @@ clip: setup
 bench: setup
 	$(BIN)/sonate bench model --preset tiny --seconds 30 --json out/bench-model.json
 
-# The recipe of the shipped default checkpoint (docs/model-card.md): a 2-hour world, the codecs, then the model on
-# two data-parallel processes. About 95 minutes on a 2-core CPU; writes out/train/checkpoint, then copies it in.
+# The recipe of the shipped default checkpoint (docs/model-card.md): a 2-hour world, the codecs, the model on two
+# data-parallel processes, then a fine-tune with the video loss weighted toward the mouth. About 2.5 hours on a
+# 2-core CPU; writes out/tune/checkpoint, then copies its weights in (the reference voice and face stay).
 checkpoint: setup
 	$(BIN)/sonate data make --out data/world --hours 2 --seed 0
 	$(BIN)/sonate train codecs --data data/world --out out/codecs --threads 1
 	$(BIN)/torchrun --nproc-per-node 2 $(BIN)/sonate train model --data data/world --codecs out/codecs \
 		--out out/train --steps 1000 --batch 4 --lr 8e-4 --warmup 50 --ema 0.995 --val-every 200 --threads 1
-	rm -rf models/checkpoints/default && cp -r out/train/checkpoint models/checkpoints/default
+	$(BIN)/torchrun --nproc-per-node 2 $(BIN)/sonate train model --data data/world --codecs out/codecs \
+		--init out/train/checkpoint --mouth-weight 6 --seed 1 \
+		--out out/tune --steps 800 --batch 4 --lr 4e-4 --warmup 50 --ema 0.995 --val-every 200 --threads 1
+	mkdir -p models/checkpoints/default && cp out/tune/checkpoint/*.json out/tune/checkpoint/*.safetensors \
+		models/checkpoints/default/
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

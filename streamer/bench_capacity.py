@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sonate.models.decoders import Codecs
 from sonate.models.errors import SonateInputError
+from sonate.models.sampler import Guidance
 from sonate.models.transformer import SonateModel
 from sonate.streamer.bench import preset_name
 from sonate.streamer.bench_e2e import E2EConfig, bench_e2e, load_bench_model
@@ -31,9 +32,12 @@ def bench_capacity(
     codecs: Codecs | None,
     max_sessions: int,
     seconds: float,
+    steps: int | None = None,
+    guidance: Guidance | None = None,
     progress: Callable[[str, int], None] | None = None,
 ) -> dict:
-    """Ramp each mode of `MODES` up to `max_sessions` sessions of `seconds` each (see the module docstring)."""
+    """Ramp each mode of `MODES` up to `max_sessions` sessions of `seconds` each (see the module docstring), with
+    `steps` Euler steps and `guidance` (None: the model's)."""
     if max_sessions < 1 or seconds <= 0:
         raise SonateInputError("--max-sessions must be at least 1 and --seconds positive")
     ramps: dict[str, list[dict]] = {}
@@ -43,16 +47,20 @@ def bench_capacity(
         for sessions in range(1, max_sessions + 1):
             if progress is not None:
                 progress(mode, sessions)
-            config = E2EConfig(sessions=sessions, seconds=seconds, sync_seconds=0, max_batch=max_batch)
+            config = E2EConfig(sessions=sessions, seconds=seconds, sync_seconds=0, max_batch=max_batch, steps=steps,
+                               guidance=guidance)  # fmt: skip
             result = bench_e2e(model, config, codecs)
             ramps[mode].append({key: result[key] for key in RAMP_FIGURES})
             if result["underruns"]:
                 break
             capacity[mode] = sessions
     one = capacity["one at a time"]
+    guidance = guidance or Guidance(model.cfg.audio_guidance, model.cfg.video_guidance)
     return {
         "benchmark": "capacity",
         "preset": preset_name(model.cfg),
+        "steps": steps or model.cfg.steps,
+        "cfg": {"enabled": guidance.enabled, "audio": guidance.audio, "video": guidance.video},
         "max_sessions": max_sessions,
         "seconds": seconds,
         "capacity": capacity,
@@ -71,6 +79,8 @@ def capacity_report(result: dict) -> Report:
     table = [[mode, str(r["sessions"]), str(r["underruns"]), f"{r['ttfa_ms_p50'] or 0:.0f}", f"{r['rtf']:.3f}",
               f"{r['engine_busy']:.0%}"] for mode, ramp in result["ramps"].items() for r in ramp]  # fmt: skip
     header = ["mode", "sessions", "underruns", "ttfa p50 ms", "rtf", "engine busy"]
+    cfg = result["cfg"]
+    rows.insert(0, ("sampling", f"{result['steps']} Euler steps, CFG " + ("on" if cfg["enabled"] else "off")))
     return Report(f"sonate capacity bench — {result['timestamp']} ({result['preset']})", rows,
                   [("the ramps", header, table)])  # fmt: skip
 
@@ -85,6 +95,8 @@ def add_bench_capacity_parser(bench_subcommands: argparse._SubParsersAction) -> 
     )
     p.add_argument("--max-sessions", type=int, default=6, help="stop the ramp here (default 6)")
     p.add_argument("--seconds", type=float, default=60.0, help="seconds of conversation per step (default 60)")
+    p.add_argument("--steps", type=int, help="Euler steps per chunk (default: the model's)")
+    p.add_argument("--no-cfg", action="store_true", help="guidance off (one branch)")
     p.add_argument("--checkpoint", type=Path, help="benchmark this checkpoint ('default': the embedded one)")
     p.add_argument("--preset", default="tiny", help="else a model preset with random weights (default tiny)")
     p.add_argument("--json", type=Path, help="also write the figures (and a plot and a summary) here")
@@ -94,7 +106,10 @@ def add_bench_capacity_parser(bench_subcommands: argparse._SubParsersAction) -> 
 def _run(args: argparse.Namespace) -> None:
     model, codecs = load_bench_model(args.checkpoint, args.preset)
     bar = ProgressBar("capacity", every_s=0.0)
-    result = bench_capacity(model, codecs, args.max_sessions, args.seconds,
+    if args.steps is not None and args.steps < 1:
+        raise SonateInputError("--steps must be at least 1")
+    result = bench_capacity(model, codecs, args.max_sessions, args.seconds, args.steps,
+                            Guidance() if args.no_cfg else None,
                             lambda mode, n: bar.update(n, args.max_sessions, f"{mode}: {n} session(s)"))  # fmt: skip
     bar.close()
     write_outputs(result, capacity_report(result), args.json, {"ramp": lambda path: plot_capacity(result, path)})

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import resource
@@ -128,6 +129,7 @@ class SessionRun:
     media_seconds: float
     latencies: list[SpeechLatency] = field(default_factory=list)
     held_s: dict[int, float] = field(default_factory=dict)  # text start → seconds a whole sentence was held
+    speech_end_s: dict[int, float] = field(default_factory=dict)  # utterance text start → its speech's end (media s)
 
 
 # --- the server in a thread ------------------------------------------------------------------------------------
@@ -266,7 +268,7 @@ async def _converse(client: SonateClient, index: int, config: E2EConfig, delay_s
         async with ClientSession(client, info, ClientOptions(reference=True)) as session:
             assert session.recorder is not None
             await asyncio.wait_for(session.recorder.media_arrived.wait(), FIRST_MEDIA_TIMEOUT_S)
-            start, turns, offset, held_s = time.monotonic(), 0, 0, {}
+            start, turns, offset, held_s, speech_end_s = time.monotonic(), 0, 0, {}, {}
             while time.monotonic() - start < config.seconds:
                 sentence = SENTENCES[(max(index, 0) * 3 + turns) % len(SENTENCES)] + " "
                 if config.text == "sentence":  # the sentence is produced at the same pace, but sent whole
@@ -279,7 +281,8 @@ async def _converse(client: SonateClient, index: int, config: E2EConfig, delay_s
                 await session.flush()
                 last = await session.wait_for("input.accepted", lambda e, i=pieces[-1].id: e.get("id") == i)
                 spoken_end = int(last["text_end"]) - 1  # type: ignore[call-overload]  # the trailing space
-                await session.wait_for("speech.done", lambda e, end=spoken_end: e["text_end"] >= end, timeout=60)  # type: ignore[operator]
+                done = await session.wait_for("speech.done", lambda e, end=spoken_end: e["text_end"] >= end, timeout=60)  # type: ignore[operator]
+                speech_end_s[int(done["text_start"])] = float(done["media_time"])  # type: ignore[arg-type]
                 turns += 1
                 await asyncio.sleep(TURN_GAP_S)
             described = await client.describe_session(info.session_id)  # before teardown can add a hold
@@ -287,7 +290,7 @@ async def _converse(client: SonateClient, index: int, config: E2EConfig, delay_s
         await client.delete_session(info.session_id)
     log.info("session %s: %d turns, %d underruns", info.session_id, turns, described["underruns"])
     return SessionRun(info.session_id, turns, int(described["underruns"]), float(described["media_seconds"]),
-                      session.speech_latencies(), held_s)  # fmt: skip
+                      session.speech_latencies(), held_s, speech_end_s)  # fmt: skip
 
 
 def run_clapper_watch(url: str, config: E2EConfig) -> dict:
@@ -411,27 +414,47 @@ def _report(model: SonateModel, config: E2EConfig, speech: dict, sync: dict, loa
         "batch_ms_p50": _percentile(speech["batch_ms"], 50),
         "batch_ms_p95": _percentile(speech["batch_ms"], 95),
         "first_audio_breakdown": speech["breakdown"],
-        **_sentence_baseline(speech, ttfa),
+        **_sentence_baseline(speech, ttfa, cfg.chunk_seconds),
         "per_session": [{**asdict(run), "latencies": [_latency_row(x) for x in run.latencies]} for run in runs],
         **info,
     }
 
 
-def _sentence_baseline(speech: dict, streamed_ttfa: list[float]) -> dict:
-    """The sentence-at-a-time phase's figures beside the streamed one's, if it ran."""
+def _sentence_baseline(speech: dict, streamed_ttfa: list[float], chunk_seconds: float) -> dict:
+    """The sentence-at-a-time phase's figures beside the streamed one's, if it ran.
+
+    Measured end to end: each sentence held until its last word is produced, then sent whole; the engine still
+    streams its audio out chunk by chunk. `whole_sentence_ttfa_ms_p50` is what a server that also *generates*
+    the sentence whole before sending any of it (F5-TTS's socket server does, per text batch) would give with
+    this model here, composed of this run's measured parts: the hold, the sentence's chunks × the p50 batch, and
+    the streamed phase's p50 `to_client` + `webrtc`.
+    """
     baseline = speech.get("sentence_baseline")
     if baseline is None:
         return {}
     ttfa = _first_media_ms(baseline["runs"])
-    ratio = np.median(ttfa) / np.median(streamed_ttfa) if ttfa and streamed_ttfa else None
+    batch_ms = _percentile(baseline["batch_ms"], 50) or 0.0
+    transport = speech["breakdown"].get("spans_ms_p50", {})
+    send_ms = transport.get("to_client", 0.0) + transport.get("webrtc", 0.0)
+    whole = [
+        run.held_s.get(x.text_start, 0.0) * 1e3
+        + math.ceil((run.speech_end_s[x.text_start] - x.media_time) / chunk_seconds - 1e-9) * batch_ms
+        + send_ms
+        for run in baseline["runs"]
+        for x in run.latencies
+        if x.text_start in run.speech_end_s
+    ]
+    median = float(np.median(streamed_ttfa)) if streamed_ttfa else None
     return {
         "sentence_at_a_time": {
             "utterances": len(ttfa),
             "ttfa_ms_p50": _percentile(ttfa, 50),
             "ttfa_ms_p95": _percentile(ttfa, 95),
             "underruns": sum(run.underruns for run in baseline["runs"]),
+            "whole_sentence_ttfa_ms_p50": _percentile(whole, 50),
         },
-        "ttfa_ratio_sentence_over_stream": None if ratio is None else float(ratio),
+        "ttfa_ratio_sentence_over_stream": float(np.median(ttfa)) / median if ttfa and median else None,
+        "ttfa_ratio_whole_sentence_over_stream": float(np.median(whole)) / median if whole and median else None,
     }
 
 
@@ -489,6 +512,11 @@ def e2e_report(result: dict) -> Report:
         rows.append(("sentence at a time", f"ttfa p50 {baseline['ttfa_ms_p50']:.0f} ms, p95 "
                      f"{baseline['ttfa_ms_p95']:.0f} ms over {baseline['utterances']} utterances: "
                      f"{result['ttfa_ratio_sentence_over_stream']:.2f}× the streamed text's p50"))  # fmt: skip
+        if baseline["whole_sentence_ttfa_ms_p50"] is not None:
+            whole = (f"generated whole before sending (composed from this run's parts): p50 "
+                     f"{baseline['whole_sentence_ttfa_ms_p50']:.0f} ms, "
+                     f"{result['ttfa_ratio_whole_sentence_over_stream']:.2f}× the streamed text's p50")  # fmt: skip
+            rows.append(("whole sentence", whole))
     tables = []
     breakdown = result["first_audio_breakdown"]
     if breakdown["utterances"]:

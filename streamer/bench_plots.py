@@ -106,6 +106,7 @@ def plot_capacity(result: dict, path: Path) -> None:
     for mode, ramp in result["ramps"].items():
         axes.plot([r["sessions"] for r in ramp], [r["underruns_per_minute"] for r in ramp], "o-",
                   label=f"{mode}: {result['capacity'][mode]} sustained")  # fmt: skip
+    axes.set_xticks(range(1, 1 + max(r["sessions"] for ramp in result["ramps"].values() for r in ramp)))
     axes.set_xlabel("concurrent sessions")
     axes.set_ylabel("underruns per session-minute")
     axes.set_title(f"capacity: sessions with no underrun for {result['seconds']:g} s")

@@ -115,11 +115,9 @@ def plot_capacity(result: dict, path: Path) -> None:
     _save(figure, path)
 
 
-def plot_pareto(points: list[dict], path: Path, x: str, y: str, x_label: str, y_label: str) -> None:
-    """`bench sweep`: every operating point by `x` (lower is better) and `y` (higher is better), the Pareto
-    front joined."""
-    figure, axes = _figure()
-    front = pareto_front(points, x, y)
+def plot_pareto(points: list[dict], front: list[dict], path: Path, x: str, y: str, x_label: str, y_label: str) -> None:
+    """`bench sweep`: every operating point by `x` and `y` (lower is better for both), the Pareto `front` joined."""
+    figure, axes = _figure(9.0, 5.5)
     axes.scatter([p[x] for p in points], [p[y] for p in points], color="#90a4ae", label="operating point")
     axes.plot([p[x] for p in front], [p[y] for p in front], "o-", color="#e53935", label="Pareto front")
     for point in points:
@@ -133,7 +131,7 @@ def plot_pareto(points: list[dict], path: Path, x: str, y: str, x_label: str, y_
 
 
 def pareto_front(points: list[dict], x: str, y: str) -> list[dict]:
-    """The points no other point beats on both `x` (lower is better) and `y` (higher is better), by `x`."""
-    front = [p for p in points if not any(q[x] <= p[x] and q[y] >= p[y] and q is not p and (q[x], q[y]) != (p[x], p[y])
+    """The points no other point beats on both `x` and `y` (lower is better for both), by `x`."""
+    front = [p for p in points if not any(q[x] <= p[x] and q[y] <= p[y] and (q[x], q[y]) != (p[x], p[y])
                                           for q in points)]  # fmt: skip
     return sorted(front, key=lambda p: p[x])

@@ -18,9 +18,9 @@ from tests.conftest import small_config
 
 
 def test_the_pareto_front_keeps_the_points_nothing_beats() -> None:
-    points = [{"ttfa": 300, "q": 0.2}, {"ttfa": 200, "q": 0.1}, {"ttfa": 250, "q": 0.3}, {"ttfa": 400, "q": 0.3},
-              {"ttfa": 200, "q": 0.05}]  # fmt: skip
-    assert pareto_front(points, "ttfa", "q") == [{"ttfa": 200, "q": 0.1}, {"ttfa": 250, "q": 0.3}]
+    points = [{"ttfa": 300, "wer": 0.8}, {"ttfa": 200, "wer": 0.9}, {"ttfa": 250, "wer": 0.7},
+              {"ttfa": 400, "wer": 0.7}, {"ttfa": 200, "wer": 0.95}]  # fmt: skip
+    assert pareto_front(points, "ttfa", "wer") == [{"ttfa": 200, "wer": 0.9}, {"ttfa": 250, "wer": 0.7}]
 
 
 async def test_one_at_a_time_makes_one_chunk_per_forward_for_every_session() -> None:

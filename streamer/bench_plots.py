@@ -116,12 +116,15 @@ def plot_capacity(result: dict, path: Path) -> None:
 
 
 def plot_pareto(points: list[dict], front: list[dict], path: Path, x: str, y: str, x_label: str, y_label: str) -> None:
-    """`bench sweep`: every operating point by `x` and `y` (lower is better for both), the Pareto `front` joined."""
+    """`bench sweep`: every operating point by `x` and `y` (lower is better for both) — dots for one session,
+    triangles for more — and the Pareto `front`, joined and labelled."""
     figure, axes = _figure(9.0, 5.5)
-    axes.scatter([p[x] for p in points], [p[y] for p in points], color="#90a4ae", label="operating point")
+    for many, marker, label in ((False, "o", "one session"), (True, "^", "more sessions")):
+        chosen = [p for p in points if (p["sessions"] > 1) == many]
+        axes.scatter([p[x] for p in chosen], [p[y] for p in chosen], color="#90a4ae", marker=marker, label=label)
     axes.plot([p[x] for p in front], [p[y] for p in front], "o-", color="#e53935", label="Pareto front")
-    for point in points:
-        axes.annotate(point["label"], (point[x], point[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for point in front:
+        axes.annotate(point["label"], (point[x], point[y]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     axes.set_xlabel(x_label)
     axes.set_ylabel(y_label)
     axes.set_title("operating points")

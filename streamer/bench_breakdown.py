@@ -103,9 +103,6 @@ def _waterfall(
         for name, seconds in timing.spans().items():
             bars.append((name, ms(at), seconds * 1e3))
             at += seconds
-            if name == "vocoder":
-                at += timing.compute.untimed  # `other`, between the compute parts and the reply
-                bars.append(("other", ms(at - timing.compute.untimed), timing.compute.untimed * 1e3))
         media_start = max(index * chunk_seconds, first_tick)
         plays_at = breakdown.plays_at + media_start - first_tick  # (no hold between)
         bars.append(("buffered", ms(timing.delivered_at), ms(plays_at) - ms(timing.delivered_at)))

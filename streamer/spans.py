@@ -14,9 +14,9 @@ plays its first phoneme (every transport sends a tick's audio whole when it begi
   is sent to the compute process, less the `g2p` of the pass that turned it into phonemes;
 - `to_compute`, `from_compute`: the request's and the reply's trip through the pipe (pickling included);
 - `euler`, `clean`, `video_decoder`, `vocoder`: the batch's work in the compute process;
+- `other`: what no instrument covers (in the compute process, between its timed parts);
 - `deliver`: the reply handed to every session of the batch;
-- `buffered`: the chunk waiting in the playout buffer until its first phoneme's tick begins;
-- `other`: what no instrument covers (in the compute process, between its timed parts).
+- `buffered`: the chunk waiting in the playout buffer until its first phoneme's tick begins.
 
 A client adds `upstream` (its text to the server), `to_client` (the tick through the server's sending task and the
 network, as the websocket media shows it) and `webrtc` (what WebRTC adds: Opus and RTP, the receiver's jitter
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from sonate.streamer.prometheus import Histogram
 
 COMPUTE_SPANS = ("euler", "clean", "video_decoder", "vocoder")
-BATCH_SPANS = ("to_compute", *COMPUTE_SPANS, "from_compute", "deliver")
-FIRST_AUDIO_SPANS = ("text", "scheduler", "g2p", *BATCH_SPANS, "buffered", "other")
+BATCH_SPANS = ("to_compute", *COMPUTE_SPANS, "other", "from_compute", "deliver")  # in the order they happen
+FIRST_AUDIO_SPANS = ("text", "scheduler", "g2p", *BATCH_SPANS, "buffered")
 KEPT_BREAKDOWNS = 1000  # first-audio breakdowns the engine keeps, newest last
 KEPT_CHUNKS = 4096  # chunk timings the engine keeps, newest last
 
@@ -72,6 +72,7 @@ class ChunkTiming:
         return {
             "to_compute": compute.started_at - self.sent_at,
             **{name: getattr(compute, name) for name in COMPUTE_SPANS},
+            "other": compute.untimed,
             "from_compute": self.received_at - compute.ended_at,
             "deliver": self.delivered_at - self.received_at,
         }
@@ -114,7 +115,6 @@ def first_audio(
         "g2p": g2p,
         **chunk.spans(),
         "buffered": plays_at - chunk.delivered_at,
-        "other": chunk.compute.untimed,
     }
     return FirstAudio(session_id, text_start, media_time, text_received_at, plays_at, spans)
 

@@ -18,7 +18,7 @@ from sonate.models.errors import SonateInputError
 from sonate.models.sampler import Guidance
 from sonate.models.transformer import SonateModel
 from sonate.streamer.bench import preset_name
-from sonate.streamer.bench_e2e import E2EConfig, bench_e2e, load_bench_model
+from sonate.streamer.bench_e2e import E2EConfig, add_model_arguments, bench_e2e, load_bench_model
 from sonate.streamer.bench_plots import plot_capacity
 from sonate.streamer.bench_report import Report, run_info, write_outputs
 from sonate.streamer.progress import ProgressBar
@@ -97,8 +97,7 @@ def add_bench_capacity_parser(bench_subcommands: argparse._SubParsersAction) -> 
     p.add_argument("--seconds", type=float, default=60.0, help="seconds of conversation per step (default 60)")
     p.add_argument("--steps", type=int, help="Euler steps per chunk (default: the model's)")
     p.add_argument("--no-cfg", action="store_true", help="guidance off (one branch)")
-    p.add_argument("--checkpoint", type=Path, help="benchmark this checkpoint ('default': the embedded one)")
-    p.add_argument("--preset", default="tiny", help="else a model preset with random weights (default tiny)")
+    add_model_arguments(p)
     p.add_argument("--json", type=Path, help="also write the figures (and a plot and a summary) here")
     p.set_defaults(run=_run)
 

@@ -558,9 +558,7 @@ def add_bench_e2e_parser(bench_subcommands: argparse._SubParsersAction) -> argpa
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     p.add_argument("--source", choices=list(SOURCES), default="model",
                    help="media source of the speech phase: 'clapper' leaves the model out (default model)")  # fmt: skip
-    weights = p.add_mutually_exclusive_group()
-    weights.add_argument("--preset", default="tiny", help="model preset with random weights (default tiny)")
-    weights.add_argument("--checkpoint", type=Path, help="benchmark this checkpoint instead of a preset")
+    add_model_arguments(p)
     p.add_argument("--tokens-per-second", type=float, default=TOKENS_PER_SECOND,
                    help=f"words sent per second within a sentence (default {TOKENS_PER_SECOND:g})")  # fmt: skip
     p.add_argument("--sync-seconds", type=float, default=SYNC_SECONDS,
@@ -582,6 +580,14 @@ def add_bench_e2e_parser(bench_subcommands: argparse._SubParsersAction) -> argpa
                    help=f"the engine's torch CPU threads (default {EngineConfig.threads})")  # fmt: skip
     p.set_defaults(run=run_bench_e2e)
     return p
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--checkpoint` or `--preset`: the model a benchmark runs (read by `load_bench_model`)."""
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--preset", default="tiny", help="model preset with random weights (default tiny)")
+    weights.add_argument("--checkpoint", type=Path,
+                         help="benchmark this checkpoint folder instead ('default': the embedded one)")  # fmt: skip
 
 
 def load_bench_model(checkpoint: Path | None, preset: str) -> tuple[SonateModel, Codecs | None]:

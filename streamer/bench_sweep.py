@@ -21,7 +21,7 @@ from sonate.models.errors import SonateInputError
 from sonate.models.sampler import Guidance
 from sonate.models.transformer import SonateModel
 from sonate.streamer.bench import preset_name
-from sonate.streamer.bench_e2e import E2EConfig, bench_e2e, load_bench_model
+from sonate.streamer.bench_e2e import E2EConfig, add_model_arguments, bench_e2e, load_bench_model
 from sonate.streamer.bench_plots import pareto_front, plot_pareto
 from sonate.streamer.bench_report import Report, run_info, write_outputs
 from sonate.streamer.progress import ProgressBar
@@ -144,8 +144,7 @@ def add_bench_sweep_parser(bench_subcommands: argparse._SubParsersAction) -> Non
     p.add_argument("--seconds", type=float, default=20.0, help="seconds of conversation per point (default 20)")
     p.add_argument("--data", type=Path, help="a world (`sonate data make`) to measure quality on its test split")
     p.add_argument("--max-clips", type=int, default=8, help="test clips for quality (default 8)")
-    p.add_argument("--checkpoint", type=Path, help="benchmark this checkpoint ('default': the embedded one)")
-    p.add_argument("--preset", default="tiny", help="else a model preset with random weights (default tiny)")
+    add_model_arguments(p)
     p.add_argument("--json", type=Path, help="also write the figures (and the Pareto plot and a summary) here")
     p.set_defaults(run=_run)
 

@@ -12,7 +12,7 @@ from sonate.clients.say import add_say_parser
 from sonate.models.errors import SonateInputError
 from sonate.streamer.bench_capacity import add_bench_capacity_parser
 from sonate.streamer.bench_compare import add_bench_compare_parser
-from sonate.streamer.bench_e2e import add_bench_e2e_parser
+from sonate.streamer.bench_e2e import add_bench_e2e_parser, add_model_arguments, load_bench_model
 from sonate.streamer.bench_kernels import add_bench_kernels_parser
 from sonate.streamer.bench_sweep import add_bench_sweep_parser
 from sonate.streamer.cli_data import add_data_parser
@@ -133,8 +133,7 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         description="Stream media through the chunked sampler (model only, batch 1) and report chunk latency, "
         "real-time factor and the speedup of the KV cache over recomputing the visible context.",
     )
-    m.add_argument("--preset", default="tiny", help="model preset with random weights (default tiny)")
-    m.add_argument("--checkpoint", help="benchmark this checkpoint folder (or 'default', the embedded one)")
+    add_model_arguments(m)
     m.add_argument("--seconds", type=float, default=30.0, help="media seconds to stream (default 30)")
     m.add_argument("--steps", type=int, default=4, help="Euler steps per chunk (default 4)")
     m.add_argument("--no-cfg", action="store_true", help="guidance off (one branch)")
@@ -167,8 +166,6 @@ def _seconds_list(text: str) -> tuple[float, ...]:
 
 
 def _run_bench_model(args: argparse.Namespace) -> None:
-    from sonate.models.checkpoint import load_checkpoint, random_model
-    from sonate.models.config import SonateConfig
     from sonate.models.sampler import Guidance
     from sonate.streamer.bench import bench_model, model_report
     from sonate.streamer.bench_plots import plot_recompute_curve
@@ -176,12 +173,7 @@ def _run_bench_model(args: argparse.Namespace) -> None:
 
     if args.seconds <= 0 or args.steps < 1:
         raise SonateInputError("--seconds must be positive and --steps at least 1")
-    codecs = None
-    if args.checkpoint is None:
-        model = random_model(SonateConfig.preset(args.preset))
-    else:
-        loaded = load_checkpoint(None if args.checkpoint == "default" else args.checkpoint)
-        model, codecs = loaded.model, loaded.codecs
+    model, codecs = load_bench_model(args.checkpoint, args.preset)
     cfg = model.cfg
     guidance = Guidance() if args.no_cfg else Guidance(cfg.audio_guidance, cfg.video_guidance)
     result = bench_model(cfg, args.seconds, args.steps, guidance, threads=args.threads, model=model, codecs=codecs,

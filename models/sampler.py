@@ -233,6 +233,7 @@ class ChunkStream:
         self.commit(audio, video, phonemes)
         return audio, video
 
+    @torch.no_grad()
     def denoise(self, phonemes: ChunkPhonemes, slots: list[int] | None = None) -> tuple[Tensor, Tensor]:
         """The Euler steps of `generate`, without the clean pass: the next chunk's latents, not yet in the cache
         (`commit` writes them)."""

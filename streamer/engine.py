@@ -50,7 +50,8 @@ class EngineFull(SonateInputError):
 class EngineConfig:
     """How the engine serves sessions.
 
-    max_lead_chunks: how far generation may run ahead of playback while speaking (must stay within the model's
+    max_lead_chunks: how many chunks beyond the one playing a session keeps made while speaking (its next chunk
+    is due below that; one more may ride on a batch that runs anyway; both must stay below the model's
     `max_rollback_chunks` so an interruption can roll back); idle_lead_chunks: the same when silent (speech
     that arrives cuts the idle media made ahead, so this costs new text no time: it is margin for busy
     moments); lookahead_timeout_s: how long a half-arrived word may hold a chunk back (seconds);
@@ -63,7 +64,7 @@ class EngineConfig:
     """
 
     max_sessions: int = 4
-    max_lead_chunks: int = 3
+    max_lead_chunks: int = 2
     idle_lead_chunks: int = 2
     lookahead_timeout_s: float = 0.4
     first_unit_words: int = 2
@@ -127,8 +128,11 @@ class Engine:
         self.config = config or EngineConfig()
         if self.config.source not in SOURCES:
             raise SonateInputError(f"unknown media source {self.config.source!r}; choose one of {', '.join(SOURCES)}")
-        if self.config.max_lead_chunks > self.cfg.max_rollback_chunks:
-            raise ValueError("max_lead_chunks must not exceed the model's max_rollback_chunks")
+        if max(self.config.max_lead_chunks, self.config.idle_lead_chunks) >= self.cfg.max_rollback_chunks:
+            raise ValueError(
+                "the leads must stay below the model's max_rollback_chunks (an interruption rolls back "
+                "to the chunk playing)"
+            )
         if self.config.max_batch is not None and self.config.max_batch < 1:
             raise SonateInputError("max_batch must be at least 1 (or None: every session due)")
         guidance = self.config.guidance or Guidance(self.cfg.audio_guidance, self.cfg.video_guidance)
@@ -265,11 +269,7 @@ class Engine:
         try:
             while True:
                 self._wake.clear()
-                now = time.monotonic()
-                due = [s for s in self.sessions.values() if s.wants_chunk(now)]
-                if self.config.max_batch is not None:  # the least media buffered ahead first
-                    due = sorted(due, key=lambda s: s.generation_front - s.playout.position_seconds)
-                    due = due[: self.config.max_batch]
+                due = self._due_sessions(time.monotonic())
                 if not due:
                     try:
                         async with asyncio.timeout(TICK):
@@ -283,6 +283,18 @@ class Engine:
         except Exception:
             log.exception("the scheduler stopped")
             raise
+
+    def _due_sessions(self, now: float) -> list[Session]:
+        """The sessions the next batch makes a chunk for: none unless one is due (within its lead); then every
+        due one and, while the batch has room, those one chunk early, each group the least buffered first. The
+        early ones ride on a forward that runs anyway: a batch of N costs far less than N batches of one, and it
+        keeps the sessions in step so later batches fill too."""
+        slack = {session: session.chunk_slack(now) for session in list(self.sessions.values())}
+        if not any(k is not None and k >= 0 for k in slack.values()):
+            return []
+        candidates = [session for session, k in slack.items() if k is not None]
+        candidates.sort(key=lambda s: (slack[s] < 0, s.generation_front - s.playout.position_seconds))
+        return candidates[: self.config.max_batch]
 
     async def _announce(self) -> None:
         """Every tick, each session sends the playback events whose media has begun to play (batches in flight

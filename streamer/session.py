@@ -185,27 +185,30 @@ class Session:
         """Media time (s) up to which chunks have been committed to the model."""
         return self.next_chunk * self.engine.cfg.chunk_seconds
 
-    def wants_chunk(self, now: float) -> bool:
-        """Whether the next chunk should be made now: within the lead, its phonemes final, someone to see it."""
-        config = self.engine.config
+    def chunk_slack(self, now: float) -> int | None:
+        """Whether the next chunk may be made now, in chunks of lead left: ≥ 0 when it is due (within the lead),
+        -1 when it is one chunk early (it may fill a batch that runs anyway), None when it must wait (its phonemes
+        not final, nobody to see it, or so far ahead that an interruption could not roll it back)."""
+        config, cfg = self.engine.config, self.engine.cfg
         self._feed(now)
         self._start_speech_early()  # (it may move next_chunk back; its chunk is then due in this very pass)
-        chunk_end = (self.next_chunk + 1) * self.engine.cfg.chunk_seconds
+        chunk_end = (self.next_chunk + 1) * cfg.chunk_seconds
         current = self.speech.current
         speaking = self.speech.pending or (current is not None and current.end_s > self.generation_front)
         lead = config.max_lead_chunks if speaking else config.idle_lead_chunks
         self.playout.advance(now)
-        playing = int(self.playout.position_seconds / self.engine.cfg.chunk_seconds + 1e-9)
-        if self.next_chunk > playing + lead:  # lead: chunks made beyond the one playing
-            return False
+        playing = int(self.playout.position_seconds / cfg.chunk_seconds + 1e-9)
+        slack = playing + lead - self.next_chunk  # lead: chunks made beyond the one playing
+        if slack < -1 or self.next_chunk >= playing + cfg.max_rollback_chunks:
+            return None
         if self.speech.final_until() < chunk_end:
             if self.speech.unfed or now - self.last_text_at < config.lookahead_timeout_s:
-                return False
+                return None
             self.speech.flush()  # the rest of a word never came: speak what there is
             self._mark_text(now)
             self._feed(now)
         self.playout.expecting = speaking or self.viewers > 0
-        return speaking or self.viewers > 0
+        return slack if speaking or self.viewers > 0 else None
 
     def _feed(self, now: float) -> None:
         """G2P for a bounded amount of the waiting text; notes when the current utterance's first chunk got all

@@ -148,7 +148,8 @@ async def test_many_sessions_leave_nothing_behind() -> None:
 
 
 def test_lead_counts_chunks_beyond_the_one_playing() -> None:
-    """Clock-free: with chunk 0 playing, an idle session may make chunk 1 (so it is ready in time) but not 2."""
+    """Clock-free: with chunk 0 playing, an idle session's chunk 1 is due (so it is ready in time), chunk 2 may
+    only fill a batch, chunk 3 must wait."""
     engine = small_engine(idle_lead_chunks=1)
     session = Session(engine, "lead", slot=0)
     session.add_viewer()
@@ -160,13 +161,46 @@ def test_lead_counts_chunks_beyond_the_one_playing() -> None:
                       cfg.sample_rate, cfg.video_fps)  # fmt: skip
     session.deliver(silence, epoch=0)
     session.next_chunk = 1
-    assert session.wants_chunk(now)
+    assert session.chunk_slack(now) == 0  # due
     session.next_chunk = 2
-    assert not session.wants_chunk(now)
-    now += cfg.chunk_seconds + 0.01  # chunk 1 plays (or holds): chunk 2 may come
-    assert session.wants_chunk(now)
+    assert session.chunk_slack(now) == -1  # not due; it may fill a batch that runs anyway
+    session.next_chunk = 3
+    assert session.chunk_slack(now) is None
+    session.next_chunk = 2
+    now += cfg.chunk_seconds + 0.01  # chunk 1 plays (or holds): chunk 2 is due
+    assert session.chunk_slack(now) == 0
     session.remove_viewer()
-    assert not session.wants_chunk(now)  # nobody watches, nothing to say: pause
+    assert session.chunk_slack(now) is None  # nobody watches, nothing to say: pause
+
+
+def test_a_batch_that_runs_fills_with_sessions_one_chunk_early() -> None:
+    """Clock-free: no batch while nobody is due; once one session is due, those one chunk early ride along
+    (continuous batching) unless the batch is capped at one; two chunks early must wait."""
+    cfg = small_engine().cfg
+    now = 1000.0
+    silence = AVChunk(0, 0.0, np.zeros(cfg.chunk_audio_samples, np.float32),
+                      np.zeros((cfg.chunk_video_frames, cfg.video_height, cfg.video_width, 3), np.uint8),
+                      cfg.sample_rate, cfg.video_fps)  # fmt: skip
+
+    def engine_with(next_chunks: list[int], **config: object) -> tuple[Engine, list[Session]]:
+        engine = small_engine(max_sessions=len(next_chunks), idle_lead_chunks=2, **config)
+        sessions = []
+        for slot, next_chunk in enumerate(next_chunks):
+            session = Session(engine, f"s{slot}", slot)
+            session.add_viewer()
+            session.playout.clock = lambda: now
+            session.deliver(silence, epoch=0)
+            session.next_chunk = next_chunk
+            engine.sessions[session.id] = session
+            sessions.append(session)
+        return engine, sessions
+
+    engine, (early, due, _) = engine_with([3, 2, 4])  # chunk 0 playing: slack -1, 0 and -2 (left out)
+    assert engine._due_sessions(now) == [due, early]
+    engine, (_, due, _) = engine_with([3, 2, 4], max_batch=1)
+    assert engine._due_sessions(now) == [due]
+    engine, _ = engine_with([3, 3, 4])
+    assert engine._due_sessions(now) == []
 
 
 def test_speech_that_starts_early_is_due_in_the_same_pass(monkeypatch) -> None:
@@ -186,7 +220,7 @@ def test_speech_that_starts_early_is_due_in_the_same_pass(monkeypatch) -> None:
     session.next_chunk = 3
     now += 0.01
     session.push_text("Let me walk ")  # the first unit is "Let me": final; "walk" waits for more words
-    assert session.wants_chunk(now)
+    assert session.chunk_slack(now) >= 0
     assert session.next_chunk == 0 and 0 < session.speech.current.offset_s < cfg.chunk_seconds
     assert session.playout.buffered_until * TICK == pytest.approx(session.speech.current.offset_s)
     assert session.speech.final_until() < 3 * cfg.chunk_seconds  # the old front would not have been due

@@ -43,7 +43,7 @@ class SonateConfig:
     # chunking and cache
     chunk_video_latents: int = 2
     window_chunks: int = 8  # W: chunks of context visible besides the sinks and the chunk itself
-    max_rollback_chunks: int = 4  # extra ring slots so an interruption can roll back this far
+    max_rollback_chunks: int = 5  # extra ring slots so an interruption can roll back this far
     # conditioning
     instruction_tokens: int = 128  # UTF-8 bytes of the instruction, padded or cut
     voice_tokens: int = 16  # reference-voice prompt tokens (pooled log-mel)

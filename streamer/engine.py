@@ -64,7 +64,7 @@ class EngineConfig:
     """
 
     max_sessions: int = 4
-    max_lead_chunks: int = 2
+    max_lead_chunks: int = 3
     idle_lead_chunks: int = 2
     lookahead_timeout_s: float = 0.4
     first_unit_words: int = 2

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from sonate.models.checkpoint import random_model
+from sonate.models.config import SonateConfig
 from sonate.models.errors import SonateInputError
 from sonate.streamer.engine import Engine, EngineConfig, EngineFull
 from sonate.streamer.playout import TICK, AVChunk
@@ -21,6 +23,21 @@ from tests.conftest import small_config
 def small_engine(**config: object) -> Engine:
     model = random_model(small_config(n_layers=1, max_rollback_chunks=4))
     return Engine(model, EngineConfig(**{"max_sessions": 2, **config}))
+
+
+def silent_chunk(cfg: SonateConfig, index: int = 0) -> AVChunk:
+    """Chunk `index` of a session's timeline: silence and black frames."""
+    return AVChunk(index, index * cfg.chunk_seconds, np.zeros(cfg.chunk_audio_samples, np.float32),
+                   np.zeros((cfg.chunk_video_frames, cfg.video_height, cfg.video_width, 3), np.uint8),
+                   cfg.sample_rate, cfg.video_fps)  # fmt: skip
+
+
+def watched_session(engine: Engine, session_id: str, slot: int, clock: Callable[[], float]) -> Session:
+    """A session of a (not started) engine with one viewer and a playout clock the test moves."""
+    session = Session(engine, session_id, slot)
+    session.add_viewer()
+    session.playout.clock = clock
+    return session
 
 
 async def collect(session: Session, chunks: list[AVChunk], events: list[dict]) -> list[asyncio.Task]:
@@ -151,15 +168,10 @@ def test_lead_counts_chunks_beyond_the_one_playing() -> None:
     """Clock-free: with chunk 0 playing, an idle session's chunk 1 is due (so it is ready in time), chunk 2 may
     only fill a batch, chunk 3 must wait."""
     engine = small_engine(idle_lead_chunks=1)
-    session = Session(engine, "lead", slot=0)
-    session.add_viewer()
     cfg = engine.cfg
     now = 1000.0
-    session.playout.clock = lambda: now
-    silence = AVChunk(0, 0.0, np.zeros(cfg.chunk_audio_samples, np.float32),
-                      np.zeros((cfg.chunk_video_frames, cfg.video_height, cfg.video_width, 3), np.uint8),
-                      cfg.sample_rate, cfg.video_fps)  # fmt: skip
-    session.deliver(silence, epoch=0)
+    session = watched_session(engine, "lead", 0, lambda: now)
+    session.deliver(silent_chunk(cfg), epoch=0)
     session.next_chunk = 1
     assert session.chunk_slack(now) == 0  # due
     session.next_chunk = 2
@@ -176,20 +188,14 @@ def test_lead_counts_chunks_beyond_the_one_playing() -> None:
 def test_a_batch_that_runs_fills_with_sessions_one_chunk_early() -> None:
     """Clock-free: no batch while nobody is due; once one session is due, those one chunk early ride along
     (continuous batching) unless the batch is capped at one; two chunks early must wait."""
-    cfg = small_engine().cfg
     now = 1000.0
-    silence = AVChunk(0, 0.0, np.zeros(cfg.chunk_audio_samples, np.float32),
-                      np.zeros((cfg.chunk_video_frames, cfg.video_height, cfg.video_width, 3), np.uint8),
-                      cfg.sample_rate, cfg.video_fps)  # fmt: skip
 
     def engine_with(next_chunks: list[int], **config: object) -> tuple[Engine, list[Session]]:
         engine = small_engine(max_sessions=len(next_chunks), idle_lead_chunks=2, **config)
         sessions = []
         for slot, next_chunk in enumerate(next_chunks):
-            session = Session(engine, f"s{slot}", slot)
-            session.add_viewer()
-            session.playout.clock = lambda: now
-            session.deliver(silence, epoch=0)
+            session = watched_session(engine, f"s{slot}", slot, lambda: now)
+            session.deliver(silent_chunk(engine.cfg), epoch=0)
             session.next_chunk = next_chunk
             engine.sessions[session.id] = session
             sessions.append(session)
@@ -208,15 +214,11 @@ def test_speech_that_starts_early_is_due_in_the_same_pass(monkeypatch) -> None:
     inside chunk 0, and that remade chunk is due at once — a later pass could be a batch too late."""
     engine = small_engine()
     monkeypatch.setattr(engine, "batch_latency_bound", lambda: 0.05)
-    session = Session(engine, "early", slot=0)
-    session.add_viewer()
     cfg = engine.cfg
     now = 1000.0
-    session.playout.clock = lambda: now
+    session = watched_session(engine, "early", 0, lambda: now)
     for index in range(3):
-        session.deliver(AVChunk(index, index * cfg.chunk_seconds, np.zeros(cfg.chunk_audio_samples, np.float32),
-                                np.zeros((cfg.chunk_video_frames, cfg.video_height, cfg.video_width, 3), np.uint8),
-                                cfg.sample_rate, cfg.video_fps), epoch=0)  # fmt: skip
+        session.deliver(silent_chunk(cfg, index), epoch=0)
     session.next_chunk = 3
     now += 0.01
     session.push_text("Let me walk ")  # the first unit is "Let me": final; "walk" waits for more words

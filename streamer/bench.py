@@ -14,11 +14,12 @@ chunk again two ways, alternating, and compares their medians:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import numpy as np
@@ -76,19 +77,25 @@ def bench_model(
     if model is not None:
         cfg = model.cfg
     _check_arguments(cfg, seconds, steps, warmup_chunks)
-    previous_threads = torch.get_num_threads()
+    with torch_threads(threads), torch.no_grad():
+        model = model or random_model(cfg)
+        result = _bench(cfg, seconds, steps, guidance, warmup_chunks, model, codecs or Codecs.random(cfg))
+        if recompute_seconds:
+            result["recompute_curve"] = recompute_curve(model, guidance, steps, recompute_seconds,
+                                                        result["cached_chunk_ms"])  # fmt: skip
+        return result
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block on `threads` torch CPU threads (None: leave them), restoring the count afterwards."""
+    previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        with torch.no_grad():
-            model = model or random_model(cfg)
-            result = _bench(cfg, seconds, steps, guidance, warmup_chunks, model, codecs or Codecs.random(cfg))
-            if recompute_seconds:
-                result["recompute_curve"] = recompute_curve(model, guidance, steps, recompute_seconds,
-                                                            result["cached_chunk_ms"])  # fmt: skip
-            return result
+        yield
     finally:
-        torch.set_num_threads(previous_threads)
+        torch.set_num_threads(previous)
 
 
 def _check_arguments(cfg: SonateConfig, seconds: float, steps: int, warmup_chunks: int) -> None:

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import math
 import multiprocessing
 import os
 import resource
@@ -43,15 +42,17 @@ from sonate.clients.latency import SpeechLatency
 from sonate.models.config import PRESETS
 from sonate.models.decoders import Codecs
 from sonate.models.errors import SonateInputError
-from sonate.models.sampler import Guidance
+from sonate.models.sampler import ChunkStream, Guidance
 from sonate.models.transformer import SonateModel
-from sonate.streamer.bench import preset_name
+from sonate.streamer.bench import preset_name, torch_threads
 from sonate.streamer.bench_breakdown import first_audio_breakdown
 from sonate.streamer.bench_plots import plot_stacked_spans, plot_waterfall
 from sonate.streamer.bench_report import Report, run_info, write_outputs
 from sonate.streamer.clapper import av_offsets, beep_times, flash_times
+from sonate.streamer.clip import speak_clip, speech_timeline
 from sonate.streamer.engine import SOURCES, Engine, EngineConfig
 from sonate.streamer.progress import ProgressBar
+from sonate.streamer.references import session_conditioning
 from sonate.streamer.server import ServerConfig, create_app
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class SessionRun:
     media_seconds: float
     latencies: list[SpeechLatency] = field(default_factory=list)
     held_s: dict[int, float] = field(default_factory=dict)  # text start → seconds a whole sentence was held
-    speech_end_s: dict[int, float] = field(default_factory=dict)  # utterance text start → its speech's end (media s)
+    sentences: dict[int, str] = field(default_factory=dict)  # text start → the sentence sent there
 
 
 # --- the server in a thread ------------------------------------------------------------------------------------
@@ -179,6 +180,7 @@ def bench_e2e(model: SonateModel, config: E2EConfig, codecs: Codecs | None = Non
     compete with the engine for this interpreter's lock (remote clients would not).
     """
     config.check()
+    codecs = codecs or Codecs.random(model.cfg)
     load_before = os.getloadavg()  # other work on the machine skews every figure: say how busy it was
     spawn = multiprocessing.get_context("spawn")  # a fork would copy the server's threads and locks
     with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as clients:
@@ -203,6 +205,9 @@ def bench_e2e(model: SonateModel, config: E2EConfig, codecs: Codecs | None = Non
                     engine, clients.submit(run_conversations, server.url, sentences), config.seconds
                 )
                 speech["sentence_baseline"] = baseline
+        if config.sentence_baseline:  # the server is down: nothing else competes for the cores
+            sentences = sorted({s for run in speech["sentence_baseline"]["runs"] for s in run.sentences.values()})
+            speech["sentence_baseline"]["whole_ms"] = whole_sentence_ms(model, codecs, sentences, config)
         sync: dict = {"av_offsets_ms": [], "av_arrival_offsets_ms": [], "sync_underruns": 0}
         if config.sync_seconds > 0:
             clapper = Engine(model, EngineConfig(max_sessions=config.sessions, source="clapper"))
@@ -268,9 +273,10 @@ async def _converse(client: SonateClient, index: int, config: E2EConfig, delay_s
         async with ClientSession(client, info, ClientOptions(reference=True)) as session:
             assert session.recorder is not None
             await asyncio.wait_for(session.recorder.media_arrived.wait(), FIRST_MEDIA_TIMEOUT_S)
-            start, turns, offset, held_s, speech_end_s = time.monotonic(), 0, 0, {}, {}
+            start, turns, offset, held_s, sentences = time.monotonic(), 0, 0, {}, {}
             while time.monotonic() - start < config.seconds:
                 sentence = SENTENCES[(max(index, 0) * 3 + turns) % len(SENTENCES)] + " "
+                sentences[offset] = sentence
                 if config.text == "sentence":  # the sentence is produced at the same pace, but sent whole
                     held_s[offset] = len(sentence.split()) / config.tokens_per_second
                     await asyncio.sleep(held_s[offset])
@@ -281,8 +287,7 @@ async def _converse(client: SonateClient, index: int, config: E2EConfig, delay_s
                 await session.flush()
                 last = await session.wait_for("input.accepted", lambda e, i=pieces[-1].id: e.get("id") == i)
                 spoken_end = int(last["text_end"]) - 1  # type: ignore[call-overload]  # the trailing space
-                done = await session.wait_for("speech.done", lambda e, end=spoken_end: e["text_end"] >= end, timeout=60)  # type: ignore[operator]
-                speech_end_s[int(done["text_start"])] = float(done["media_time"])  # type: ignore[arg-type]
+                await session.wait_for("speech.done", lambda e, end=spoken_end: e["text_end"] >= end, timeout=60)  # type: ignore[operator]
                 turns += 1
                 await asyncio.sleep(TURN_GAP_S)
             described = await client.describe_session(info.session_id)  # before teardown can add a hold
@@ -290,7 +295,7 @@ async def _converse(client: SonateClient, index: int, config: E2EConfig, delay_s
         await client.delete_session(info.session_id)
     log.info("session %s: %d turns, %d underruns", info.session_id, turns, described["underruns"])
     return SessionRun(info.session_id, turns, int(described["underruns"]), float(described["media_seconds"]),
-                      session.speech_latencies(), held_s, speech_end_s)  # fmt: skip
+                      session.speech_latencies(), held_s, sentences)  # fmt: skip
 
 
 def run_clapper_watch(url: str, config: E2EConfig) -> dict:
@@ -414,35 +419,49 @@ def _report(model: SonateModel, config: E2EConfig, speech: dict, sync: dict, loa
         "batch_ms_p50": _percentile(speech["batch_ms"], 50),
         "batch_ms_p95": _percentile(speech["batch_ms"], 95),
         "first_audio_breakdown": speech["breakdown"],
-        **_sentence_baseline(speech, ttfa, cfg.chunk_seconds),
+        **_sentence_baseline(speech, ttfa),
         "per_session": [{**asdict(run), "latencies": [_latency_row(x) for x in run.latencies]} for run in runs],
         **info,
     }
 
 
-def _sentence_baseline(speech: dict, streamed_ttfa: list[float], chunk_seconds: float) -> dict:
+def whole_sentence_ms(model: SonateModel, codecs: Codecs, sentences: list[str], config: E2EConfig) -> dict[str, float]:
+    """Per sentence, ms from having its whole text to having its first phoneme's media ready to send, for a
+    server that generates each sentence whole before sending any of it (F5-TTS's socket server does, per text
+    batch): G2P, every chunk with the engine's steps and guidance, both decoders, on the engine's torch threads,
+    plus the clip's lead-in before its first phoneme. The session's conditioning and prefix K/V are made before
+    the clock starts, as a server keeps them per session; one untimed sentence warms up first."""
+    guidance = config.guidance or Guidance(model.cfg.audio_guidance, model.cfg.video_guidance)
+    cond = session_conditioning(model, codecs, None, None, "")
+    timings = {}
+    with torch_threads(config.threads):
+        for sentence in [sentences[0], *sentences] if sentences else []:
+            stream = ChunkStream.open_batch(model, cond, [0], guidance, config.steps)
+            started = time.perf_counter()
+            clip = speak_clip(stream, codecs, speech_timeline(sentence))
+            timings[sentence] = (time.perf_counter() - started + clip.speech_start_s) * 1e3
+    return timings
+
+
+def _sentence_baseline(speech: dict, streamed_ttfa: list[float]) -> dict:
     """The sentence-at-a-time phase's figures beside the streamed one's, if it ran.
 
-    Measured end to end: each sentence held until its last word is produced, then sent whole; the engine still
-    streams its audio out chunk by chunk. `whole_sentence_ttfa_ms_p50` is what a server that also *generates*
-    the sentence whole before sending any of it (F5-TTS's socket server does, per text batch) would give with
-    this model here, composed of this run's measured parts: the hold, the sentence's chunks × the p50 batch, and
-    the streamed phase's p50 `to_client` + `webrtc`.
+    `ttfa_ms_p50`: each sentence held until its last word is produced, then sent whole; the engine still streams
+    its audio out chunk by chunk (measured end to end). `whole_sentence_ttfa_ms_p50`: a server that also
+    *generates* the sentence whole before sending any of it: the hold, the sentence's generation measured by
+    `whole_sentence_ms`, and the streamed phase's p50 `to_client` + `webrtc` for sending its first audio.
     """
     baseline = speech.get("sentence_baseline")
     if baseline is None:
         return {}
     ttfa = _first_media_ms(baseline["runs"])
-    batch_ms = _percentile(baseline["batch_ms"], 50) or 0.0
     transport = speech["breakdown"].get("spans_ms_p50", {})
     send_ms = transport.get("to_client", 0.0) + transport.get("webrtc", 0.0)
     whole = [
-        run.held_s.get(x.text_start, 0.0) * 1e3
-        + math.ceil((run.speech_end_s[x.text_start] - x.media_time) / chunk_seconds - 1e-9) * batch_ms
-        + send_ms
+        run.held_s.get(x.text_start, 0.0) * 1e3 + baseline["whole_ms"][run.sentences[x.text_start]] + send_ms
         for run in baseline["runs"]
         for x in run.latencies
-        if x.text_start in run.speech_end_s
+        if x.text_start in run.sentences
     ]
     median = float(np.median(streamed_ttfa)) if streamed_ttfa else None
     return {
@@ -452,6 +471,7 @@ def _sentence_baseline(speech: dict, streamed_ttfa: list[float], chunk_seconds: 
             "ttfa_ms_p95": _percentile(ttfa, 95),
             "underruns": sum(run.underruns for run in baseline["runs"]),
             "whole_sentence_ttfa_ms_p50": _percentile(whole, 50),
+            "whole_sentence_generation_ms": baseline["whole_ms"],
         },
         "ttfa_ratio_sentence_over_stream": float(np.median(ttfa)) / median if ttfa and median else None,
         "ttfa_ratio_whole_sentence_over_stream": float(np.median(whole)) / median if whole and median else None,
@@ -513,7 +533,7 @@ def e2e_report(result: dict) -> Report:
                      f"{baseline['ttfa_ms_p95']:.0f} ms over {baseline['utterances']} utterances: "
                      f"{result['ttfa_ratio_sentence_over_stream']:.2f}× the streamed text's p50"))  # fmt: skip
         if baseline["whole_sentence_ttfa_ms_p50"] is not None:
-            whole = (f"generated whole before sending (composed from this run's parts): p50 "
+            whole = (f"generated whole before sending (generation measured after the run): p50 "
                      f"{baseline['whole_sentence_ttfa_ms_p50']:.0f} ms, "
                      f"{result['ttfa_ratio_whole_sentence_over_stream']:.2f}× the streamed text's p50")  # fmt: skip
             rows.append(("whole sentence", whole))

@@ -10,7 +10,7 @@ import numpy as np
 
 from sonate.models.decoders import Codecs
 from sonate.models.errors import SonateInputError
-from sonate.models.frontend import IncrementalFrontend
+from sonate.models.frontend import IncrementalFrontend, PhonemeTimeline
 from sonate.models.sampler import ChunkStream, Guidance, RecomputeStream, chunk_phonemes
 from sonate.models.transformer import SonateModel
 from sonate.streamer.references import session_conditioning
@@ -31,7 +31,8 @@ class Clip:
     frames: np.ndarray
     sample_rate: int
     fps: int
-    speech_seconds: float
+    speech_start_s: float  # the first phoneme's start
+    speech_seconds: float  # the speech's end
 
     @property
     def seconds(self) -> float:
@@ -57,21 +58,34 @@ def generate_clip(
     `one_pass` generates with no KV cache, re-running the teacher-forcing one-pass forward over everything so
     far at every step: the offline reference that streaming must match (slower; for evaluation).
     """
-    if not text.strip():
-        raise SonateInputError("the text is empty; give something to say")
-    cfg = model.cfg
-    frontend = IncrementalFrontend()
-    frontend.push(text)
-    frontend.flush()
-    timeline = frontend.timeline
-    if not timeline.phonemes:
-        raise SonateInputError(f"nothing to speak in {text!r}; give words, not only punctuation")
-    guidance = guidance or Guidance(cfg.audio_guidance, cfg.video_guidance)
+    timeline = speech_timeline(text)
+    guidance = guidance or Guidance(model.cfg.audio_guidance, model.cfg.video_guidance)
     cond = session_conditioning(model, codecs, voice, avatar, instruction)
     if one_pass:
         stream: ChunkStream | RecomputeStream = RecomputeStream(model, cond, [seed], guidance, steps)
     else:
         stream = ChunkStream.open_batch(model, cond, [seed], guidance, steps)
+    return speak_clip(stream, codecs, timeline)
+
+
+def speech_timeline(text: str) -> PhonemeTimeline:
+    """The timed phonemes of the whole of `text` (espeak-ng G2P), checked to hold something to say."""
+    if not text.strip():
+        raise SonateInputError("the text is empty; give something to say")
+    frontend = IncrementalFrontend()
+    frontend.push(text)
+    frontend.flush()
+    if not frontend.timeline.phonemes:
+        raise SonateInputError(f"nothing to speak in {text!r}; give words, not only punctuation")
+    return frontend.timeline
+
+
+def speak_clip(stream: ChunkStream | RecomputeStream, codecs: Codecs, timeline: PhonemeTimeline) -> Clip:
+    """Generate the clip of `timeline` on an opened one-sequence `stream`: every chunk from the first, decoded.
+
+    This is a whole utterance made before any of it is played, as a sentence-at-a-time server makes it.
+    """
+    cfg = stream.cfg
     vocoder_state = codecs.vocoder.init_state(1)
     chunks = max(1, math.ceil((timeline.duration_s + TAIL_SECONDS) / cfg.chunk_seconds))
     audio, frames = [], []
@@ -81,4 +95,5 @@ def generate_clip(
         audio.append(samples[0].numpy())
         frames.append(codecs.video_decoder.decode(video_latents)[0].numpy())
     log.info("generated %d chunks for %.2f s of speech", chunks, timeline.duration_s)
-    return Clip(np.concatenate(audio), np.concatenate(frames), cfg.sample_rate, cfg.video_fps, timeline.duration_s)
+    return Clip(np.concatenate(audio), np.concatenate(frames), cfg.sample_rate, cfg.video_fps,
+                timeline.phonemes[0].start_s, timeline.duration_s)  # fmt: skip

@@ -82,16 +82,16 @@ def test_bench_model_draws_the_recompute_curve(tmp_path: Path) -> None:
     assert "recompute" in (tmp_path / "model.md").read_text()
 
 
-def test_the_whole_sentence_baseline_adds_the_hold_every_chunk_and_the_transport() -> None:
+def test_the_whole_sentence_baseline_adds_the_hold_the_generation_and_the_transport() -> None:
     from sonate.clients.latency import SpeechLatency
     from sonate.streamer.bench_e2e import SessionRun, _sentence_baseline
 
     latency = SpeechLatency(text_start=0, media_time=1.0, text_sent_at=10.5, started_at=11.0, server_ttfa_ms=300.0,
                             websocket_at=10.85, received_s=2.0, audio_at=10.9)  # fmt: skip
-    run = SessionRun("s", 1, 0, 5.0, [latency], held_s={0: 0.5}, speech_end_s={0: 2.0})
-    speech = {"sentence_baseline": {"runs": [run], "batch_ms": [90.0, 100.0, 110.0]},
+    run = SessionRun("s", 1, 0, 5.0, [latency], held_s={0: 0.5}, sentences={0: "One two. "})
+    speech = {"sentence_baseline": {"runs": [run], "whole_ms": {"One two. ": 700.0, "Three. ": 100.0}},
               "breakdown": {"spans_ms_p50": {"to_client": 5.0, "webrtc": 75.0}}}  # fmt: skip
-    result = _sentence_baseline(speech, [200.0], chunk_seconds=0.32)
+    result = _sentence_baseline(speech, [200.0])
     assert result["sentence_at_a_time"]["ttfa_ms_p50"] == pytest.approx(400 + 500)  # sent → received, + the hold
-    assert result["sentence_at_a_time"]["whole_sentence_ttfa_ms_p50"] == pytest.approx(500 + 4 * 100 + 80)
-    assert result["ttfa_ratio_whole_sentence_over_stream"] == pytest.approx(980 / 200)
+    assert result["sentence_at_a_time"]["whole_sentence_ttfa_ms_p50"] == pytest.approx(500 + 700 + 80)
+    assert result["ttfa_ratio_whole_sentence_over_stream"] == pytest.approx(1280 / 200)

@@ -17,7 +17,7 @@ from sonate.clients.client import ClientOptions, ClientSession, SonateClient, So
 from sonate.clients.latency import MediaReference, locate
 from sonate.clients.say import main as say_main
 from sonate.models.checkpoint import random_model, save_pretrained
-from sonate.streamer.bench_e2e import add_bench_e2e_parser
+from sonate.streamer.bench_e2e import SENTENCES, add_bench_e2e_parser
 from sonate.streamer.playout import TICK
 from tests.conftest import small_config
 from tests.test_server import TEXT, running_server, wav_bytes
@@ -175,7 +175,9 @@ def test_bench_e2e_smoke_run_writes_every_figure(tmp_path: Path, capsys: pytest.
     assert 0 < breakdown["explained_min"] <= 1 and breakdown["steady_state_batch_ms"]["euler"] > 0
     sentence = result["sentence_at_a_time"]
     assert sentence["utterances"] >= 1 and result["ttfa_ratio_sentence_over_stream"] > 0
-    assert sentence["whole_sentence_ttfa_ms_p50"] > 0
+    generation = sentence["whole_sentence_generation_ms"]  # measured per sentence spoken, after the run
+    assert generation and all(text.strip() in SENTENCES and ms > 0 for text, ms in generation.items())
+    assert sentence["whole_sentence_ttfa_ms_p50"] > min(generation.values())  # + the hold and the transport
     for written in ("e2e.md", "e2e-waterfall.png", "e2e-spans.png"):
         assert (tmp_path / written).stat().st_size > 1000, written
     assert "| euler |" in (tmp_path / "e2e.md").read_text()

@@ -11,7 +11,9 @@ two phases against it:
    (ttfa) and → the video frame showing it received (ttfv). The first phoneme is found in the received media by
    matching it against the session's audio from the websocket media subscription (`sonate.clients.latency`):
    energy cannot mark speech, since an idle avatar need not be silent. Underruns and the real-time factor come
-   from the engine, counted over the measured span only (after a warm-up session).
+   from the engine, counted over the measured span only (after a warm-up session). With `sentence_baseline` it
+   runs again with each sentence sent whole once produced; then, with the server down, every sentence spoken is
+   generated whole in this process and timed (`whole_sentence_ms`): sentence-at-a-time generation.
 2. **sync** (always the clapper source, on a second server): N clients watch for a few seconds; flashes and beeps
    are found on the received timeline (pts) with `sonate.streamer.clapper` and paired: the A/V offset.
 """
@@ -592,7 +594,7 @@ def add_bench_e2e_parser(bench_subcommands: argparse._SubParsersAction) -> argpa
     p.add_argument(
         "--sentence-baseline",
         action="store_true",
-        help="then run the same conversation sentence at a time on the same server, side by side",
+        help="then run the same conversation with each sentence sent whole, and time each generated whole",
     )
     p.add_argument("--max-batch", type=int,
                    help="most sessions per batch (default: every session due; 1: one at a time)")  # fmt: skip

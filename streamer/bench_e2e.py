@@ -436,12 +436,15 @@ def whole_sentence_ms(model: SonateModel, codecs: Codecs, sentences: list[str], 
     guidance = config.guidance or Guidance(model.cfg.audio_guidance, model.cfg.video_guidance)
     cond = session_conditioning(model, codecs, None, None, "")
     timings = {}
+    bar = ProgressBar("whole sentences")
     with torch_threads(config.threads):
-        for sentence in [sentences[0], *sentences] if sentences else []:
+        for done, sentence in enumerate([sentences[0], *sentences] if sentences else []):
             stream = ChunkStream.open_batch(model, cond, [0], guidance, config.steps)
             started = time.perf_counter()
             clip = speak_clip(stream, codecs, speech_timeline(sentence))
             timings[sentence] = (time.perf_counter() - started + clip.speech_start_s) * 1e3
+            bar.update(done + 1, len(sentences) + 1, "generated")
+    bar.close()
     return timings
 
 

@@ -109,6 +109,11 @@ class Guidance:
     audio: float = 1.0
     video: float = 1.0
 
+    @classmethod
+    def of(cls, cfg: SonateConfig) -> Guidance:
+        """The scales a model was trained and shipped with (`cfg.audio_guidance`, `cfg.video_guidance`)."""
+        return cls(cfg.audio_guidance, cfg.video_guidance)
+
     @property
     def enabled(self) -> bool:
         """Whether the negative branch runs at all."""

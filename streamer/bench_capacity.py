@@ -55,7 +55,7 @@ def bench_capacity(
                 break
             capacity[mode] = sessions
     one = capacity["one at a time"]
-    guidance = guidance or Guidance(model.cfg.audio_guidance, model.cfg.video_guidance)
+    guidance = guidance or Guidance.of(model.cfg)
     return {
         "benchmark": "capacity",
         "preset": preset_name(model.cfg),

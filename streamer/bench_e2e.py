@@ -433,12 +433,13 @@ def whole_sentence_ms(model: SonateModel, codecs: Codecs, sentences: list[str], 
     batch): G2P, every chunk with the engine's steps and guidance, both decoders, on the engine's torch threads,
     plus the clip's lead-in before its first phoneme. The session's conditioning and prefix K/V are made before
     the clock starts, as a server keeps them per session; one untimed sentence warms up first."""
-    guidance = config.guidance or Guidance(model.cfg.audio_guidance, model.cfg.video_guidance)
+    guidance = config.guidance or Guidance.of(model.cfg)
     cond = session_conditioning(model, codecs, None, None, "")
     timings = {}
     bar = ProgressBar("whole sentences")
     with torch_threads(config.threads):
-        for done, sentence in enumerate([sentences[0], *sentences] if sentences else []):
+        warmed = [sentences[0], *sentences] if sentences else []  # the first twice: its first timing is replaced
+        for done, sentence in enumerate(warmed):
             stream = ChunkStream.open_batch(model, cond, [0], guidance, config.steps)
             started = time.perf_counter()
             clip = speak_clip(stream, codecs, speech_timeline(sentence))

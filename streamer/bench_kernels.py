@@ -315,7 +315,7 @@ def _end_to_end(plan: Shapes, device: torch.device) -> list[dict]:
     phonemes = random_phonemes(cfg, warmup + plan.timed_chunks, device)
     rows = []
     for guided in (False, True):
-        guidance = Guidance(cfg.audio_guidance, cfg.video_guidance) if guided else Guidance()
+        guidance = Guidance.of(cfg) if guided else Guidance()
         for choice in ("reference", "triton"):
             with _kernels_set_to(choice), torch.no_grad():
                 stream = ChunkStream.open_batch(model, cond, [SEED], guidance, steps=plan.steps)

@@ -63,7 +63,7 @@ def bench_sweep(
     total, done, points = len(grid) * (len(sessions) + (data is not None)), 0, []
     for latents, step_count, cfg_on in grid:
         variant = rechunked(model, latents)
-        guidance = Guidance(variant.cfg.audio_guidance, variant.cfg.video_guidance) if cfg_on else Guidance()
+        guidance = Guidance.of(variant.cfg) if cfg_on else Guidance()
         label = f"{variant.cfg.chunk_seconds * 1000:.0f} ms, {step_count} steps, CFG {'on' if cfg_on else 'off'}"
         quality: dict = {}
         if data is not None:

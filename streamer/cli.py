@@ -175,7 +175,7 @@ def _run_bench_model(args: argparse.Namespace) -> None:
         raise SonateInputError("--seconds must be positive and --steps at least 1")
     model, codecs = load_bench_model(args.checkpoint, args.preset)
     cfg = model.cfg
-    guidance = Guidance() if args.no_cfg else Guidance(cfg.audio_guidance, cfg.video_guidance)
+    guidance = Guidance() if args.no_cfg else Guidance.of(cfg)
     result = bench_model(cfg, args.seconds, args.steps, guidance, threads=args.threads, model=model, codecs=codecs,
                          recompute_seconds=args.recompute_seconds)  # fmt: skip
     plots = {"recompute": lambda path: plot_recompute_curve(result, path)} if args.recompute_seconds else {}

@@ -59,7 +59,7 @@ def generate_clip(
     far at every step: the offline reference that streaming must match (slower; for evaluation).
     """
     timeline = speech_timeline(text)
-    guidance = guidance or Guidance(model.cfg.audio_guidance, model.cfg.video_guidance)
+    guidance = guidance or Guidance.of(model.cfg)
     cond = session_conditioning(model, codecs, voice, avatar, instruction)
     if one_pass:
         stream: ChunkStream | RecomputeStream = RecomputeStream(model, cond, [seed], guidance, steps)

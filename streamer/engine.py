@@ -135,7 +135,7 @@ class Engine:
             )
         if self.config.max_batch is not None and self.config.max_batch < 1:
             raise SonateInputError("max_batch must be at least 1 (or None: every session due)")
-        guidance = self.config.guidance or Guidance(self.cfg.audio_guidance, self.cfg.video_guidance)
+        guidance = self.config.guidance or Guidance.of(self.cfg)
         self._setup = ComputeSetup(model, codecs or Codecs.random(self.cfg), self.config.max_sessions, guidance,
                                    self.config.steps, self.config.threads, self.config.source)  # fmt: skip
         self.sessions: dict[str, Session] = {}

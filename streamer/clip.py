@@ -31,7 +31,7 @@ class Clip:
     frames: np.ndarray
     sample_rate: int
     fps: int
-    speech_start_s: float  # the first phoneme's start
+    speech_start_s: float  # the first spoken phoneme's start (after any lead-in pause)
     speech_seconds: float  # the speech's end
 
     @property
@@ -59,13 +59,30 @@ def generate_clip(
     far at every step: the offline reference that streaming must match (slower; for evaluation).
     """
     timeline = speech_timeline(text)
+    stream = open_clip_stream(model, codecs, voice=voice, avatar=avatar, instruction=instruction, seed=seed,
+                              steps=steps, guidance=guidance, one_pass=one_pass)  # fmt: skip
+    return speak_clip(stream, codecs, timeline)
+
+
+def open_clip_stream(
+    model: SonateModel,
+    codecs: Codecs,
+    *,
+    voice: np.ndarray | None = None,
+    avatar: np.ndarray | None = None,
+    instruction: str = "",
+    seed: int = 0,
+    steps: int | None = None,
+    guidance: Guidance | None = None,
+    one_pass: bool = False,
+) -> ChunkStream | RecomputeStream:
+    """A one-sequence stream conditioned on a reference voice and avatar (None: the defaults) and an instruction,
+    ready for :func:`speak_clip`; `one_pass` opens the cache-free reference stream instead."""
     guidance = guidance or Guidance.of(model.cfg)
     cond = session_conditioning(model, codecs, voice, avatar, instruction)
     if one_pass:
-        stream: ChunkStream | RecomputeStream = RecomputeStream(model, cond, [seed], guidance, steps)
-    else:
-        stream = ChunkStream.open_batch(model, cond, [seed], guidance, steps)
-    return speak_clip(stream, codecs, timeline)
+        return RecomputeStream(model, cond, [seed], guidance, steps)
+    return ChunkStream.open_batch(model, cond, [seed], guidance, steps)
 
 
 def speech_timeline(text: str) -> PhonemeTimeline:
@@ -80,14 +97,21 @@ def speech_timeline(text: str) -> PhonemeTimeline:
     return frontend.timeline
 
 
-def speak_clip(stream: ChunkStream | RecomputeStream, codecs: Codecs, timeline: PhonemeTimeline) -> Clip:
+def speak_clip(
+    stream: ChunkStream | RecomputeStream, codecs: Codecs, timeline: PhonemeTimeline, seconds: float | None = None
+) -> Clip:
     """Generate the clip of `timeline` on an opened one-sequence `stream`: every chunk from the first, decoded.
 
-    This is a whole utterance made before any of it is played, as a sentence-at-a-time server makes it.
+    The clip lasts `seconds` (whole video frames); None: TAIL_SECONDS past the timeline, rounded up to whole
+    chunks. This is a whole utterance made before any of it is played, as a sentence-at-a-time server makes it.
     """
     cfg = stream.cfg
+    if seconds is None:
+        n_frames = math.ceil((timeline.duration_s + TAIL_SECONDS) / cfg.chunk_seconds) * cfg.chunk_video_frames
+    else:
+        n_frames = round(seconds * cfg.video_fps)
+    chunks = max(1, math.ceil(n_frames / cfg.chunk_video_frames))
     vocoder_state = codecs.vocoder.init_state(1)
-    chunks = max(1, math.ceil((timeline.duration_s + TAIL_SECONDS) / cfg.chunk_seconds))
     audio, frames = [], []
     for chunk in range(chunks):
         audio_latents, video_latents = stream.generate(chunk_phonemes(cfg, [timeline], chunk, 1))
@@ -95,5 +119,7 @@ def speak_clip(stream: ChunkStream | RecomputeStream, codecs: Codecs, timeline: 
         audio.append(samples[0].numpy())
         frames.append(codecs.video_decoder.decode(video_latents)[0].numpy())
     log.info("generated %d chunks for %.2f s of speech", chunks, timeline.duration_s)
-    return Clip(np.concatenate(audio), np.concatenate(frames), cfg.sample_rate, cfg.video_fps,
-                timeline.phonemes[0].start_s, timeline.duration_s)  # fmt: skip
+    samples_per_frame = cfg.sample_rate // cfg.video_fps
+    speech_start_s = next((p.start_s for p in timeline.phonemes if not p.is_pause), timeline.duration_s)
+    return Clip(np.concatenate(audio)[: n_frames * samples_per_frame], np.concatenate(frames)[:n_frames],
+                cfg.sample_rate, cfg.video_fps, speech_start_s, timeline.duration_s)  # fmt: skip

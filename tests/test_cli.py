@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -12,9 +13,10 @@ import pytest
 
 from sonate.models.checkpoint import random_model
 from sonate.models.decoders import Codecs
-from sonate.models.frontend import MAX_SPEAKERS, PHONEME_VOCAB_SIZE, IncrementalFrontend
+from sonate.models.espeak import TimedPhoneme
+from sonate.models.frontend import MAX_SPEAKERS, PHONEME_VOCAB_SIZE, IncrementalFrontend, PhonemeTimeline
 from sonate.models.media_io import load_audio
-from sonate.streamer.clip import generate_clip
+from sonate.streamer.clip import generate_clip, open_clip_stream, speak_clip, speech_timeline
 from tests.conftest import small_config
 
 
@@ -125,3 +127,23 @@ def test_generation_is_deterministic_and_seeded() -> None:
     assert np.abs(first.audio - one_pass.audio).max() < 1e-4
     assert np.abs(first.frames.astype(int) - one_pass.frames.astype(int)).max() <= 1
     assert first.audio.shape[0] == first.frames.shape[0] * model.cfg.sample_rate // model.cfg.video_fps
+
+
+def test_a_clip_made_to_a_length_is_the_start_of_the_whole_one() -> None:
+    model = random_model(small_config(dim=128, n_heads=2, n_kv_heads=2))
+    codecs, cfg = Codecs.random(model.cfg), model.cfg
+    timeline = speech_timeline("One two three.")
+    whole = speak_clip(open_clip_stream(model, codecs, seed=3, steps=1), codecs, timeline)
+    short = speak_clip(open_clip_stream(model, codecs, seed=3, steps=1), codecs, timeline, seconds=0.52)
+    assert len(whole.frames) % cfg.chunk_video_frames == 0 and whole.seconds >= timeline.duration_s + 0.3
+    assert len(short.frames) == 13 and short.audio.shape[0] == 13 * cfg.sample_rate // cfg.video_fps
+    assert np.array_equal(short.frames, whole.frames[:13])
+    assert np.array_equal(short.audio, whole.audio[: short.audio.shape[0]])
+    lead_in = PhonemeTimeline(
+        [TimedPhoneme("_", 0.0, 0.2)]
+        + [replace(p, start_s=p.start_s + 0.2, end_s=p.end_s + 0.2) for p in timeline.phonemes],
+        timeline.duration_s + 0.2,
+    )
+    late = speak_clip(open_clip_stream(model, codecs, seed=3, steps=1), codecs, lead_in, seconds=0.32)
+    assert whole.speech_start_s == timeline.phonemes[0].start_s
+    assert late.speech_start_s == pytest.approx(whole.speech_start_s + 0.2)  # the first spoken phoneme

@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sonate.models.checkpoint import random_model
+from sonate.models.decoders import Codecs
+from sonate.models.frontend import PhonemeTimeline
 from sonate.models.metrics import (
     audio_envelope,
     cosine,
@@ -22,7 +25,8 @@ from sonate.models.metrics import (
 )
 from sonate.models.world import World, WorldConfig, make_world
 from sonate.streamer.cli_data import add_data_parser
-from sonate.streamer.cli_eval import add_eval_parser, checkpoint_system
+from sonate.streamer.cli_eval import add_eval_parser, checkpoint_system, model_system
+from tests.conftest import small_config
 
 SMALL = WorldConfig(hours=0.02, seed=3, timbres=12, avatars=12, eval_fraction=0.15, clips_per_shard=8)
 SHIFT = 10  # frames, the control's audio delay
@@ -62,6 +66,22 @@ def test_lip_sync_on_ground_truth_against_controls(world: World) -> None:
     assert np.mean([s.correlations[0] for s in truth]) > np.mean([s.correlations[0] for s in shifted]) + 0.4
     # another clip's audio: no lag lines up, confidence clearly lower
     assert confidence > np.mean([s.confidence for s in mismatched]) + 0.15
+
+
+def test_confidence_depends_on_where_the_silence_lies(world: World) -> None:
+    """Why `sonate eval` speaks each clip on the clip's own timeline: the same speech and mouth, with the lead-in
+    cut and a second of silence after the speech (as `sonate generate` lays a clip out), score lower, because
+    silence against a closed mouth correlates at every lag and raises the median."""
+    own, moved = [], []
+    for info in world.clips("train")[:8]:
+        clip = world.load(info)
+        box, per_frame = world.renderer(clip.avatar_id).mouth_box, clip.sample_rate // clip.fps
+        lead = round(clip.phonemes[1].start_s * clip.fps)  # the first phoneme is the lead-in's pause
+        frames = np.concatenate([clip.frames[lead:], np.repeat(clip.frames[-1:], clip.fps, axis=0)])
+        audio = np.concatenate([clip.audio[lead * per_frame :], np.zeros(clip.fps * per_frame, np.float32)])
+        own.append(lip_sync(clip.frames, clip.audio, clip.sample_rate, clip.fps, box).confidence)
+        moved.append(lip_sync(frames, audio, clip.sample_rate, clip.fps, box).confidence)
+    assert np.mean(moved) < np.mean(own) - 0.1
 
 
 def test_openness_and_envelope_follow_the_mouth_and_the_sound(world: World) -> None:
@@ -147,3 +167,17 @@ def test_eval_a_checkpoint_through_generate_clip(world: World) -> None:
     assert random_weights is False and result["clips"] == 1
     assert result["ground_truth"]["identity_error"] < 1e-3
     assert np.isfinite([result[k] for k in ("sync_confidence", "wer", "sim", "identity_error")]).all()
+    assert result["per_clip"][0]["seconds"] == pytest.approx(world.clips("test")[0].seconds)
+
+
+def test_the_system_speaks_the_clip_timeline_or_the_text_alone(world: World) -> None:
+    model = random_model(small_config(dim=128, n_heads=2, n_kv_heads=2))
+    codecs, cfg = Codecs.random(model.cfg), model.cfg
+    info = world.clips("test")[0]
+    clip = world.load(info)
+    timeline = PhonemeTimeline(list(clip.phonemes), clip.seconds)
+    on_clip = model_system(model, codecs, 0, 1, None, False, "clip")(world, info, timeline, 0)
+    from_text = model_system(model, codecs, 0, 1, None, False, "text")(world, info, timeline, 0)
+    assert len(on_clip.frames) == len(clip.frames) and on_clip.audio.shape == clip.audio.shape
+    assert len(from_text.frames) % cfg.chunk_video_frames == 0
+    assert from_text.audio.shape[0] == len(from_text.frames) * cfg.sample_rate // cfg.video_fps

@@ -1,8 +1,11 @@
 """``sonate eval``: score a checkpoint (or the data itself) on a split of the world, the paper's way.
 
 For every clip of the split, the system under test speaks the clip's sentence with the clip's timbre (reference
-clip "a") and avatar (reference image) and instruction; its clip is scored for lip sync, intelligibility, timbre
-and identity, and so is the ground-truth clip beside it:
+clip "a") and avatar (reference image) and instruction, on the clip's own phoneme timeline: espeak's timing of the
+sentence in that timbre, after the clip's lead-in of silence, for the clip's length. So the two clips have the same
+layout of speech and silence, which the lip-sync confidence depends on (a long run of silence scores as sync at
+every lag and raises the median). Its clip is scored for lip sync, intelligibility, timbre and identity, and so is
+the ground-truth clip beside it:
 
 - ``sync_offset``: median over clips of the best lag (frames); ``sync_confidence``: mean peak-minus-median.
 - ``wer``: corpus WER (pocketsphinx + jiwer) of the system's speech; ``wer_ground_truth``: of the data's.
@@ -25,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from sonate.models.errors import SonateInputError
+from sonate.models.frontend import PhonemeTimeline
 from sonate.models.metrics.identity import identity_error
 from sonate.models.metrics.intelligibility import transcribe, word_error_rate
 from sonate.models.metrics.sync import lip_sync
@@ -51,6 +55,7 @@ def _score(world: World, info: ClipInfo, audio: np.ndarray, frames: np.ndarray, 
         "transcript": transcribe(audio, rate),
         "sim": cosine(embedding, refs["voice_b"]),
         "identity_error": identity_error(frames, refs["image"], renderer.regions)["mean"],
+        "seconds": len(frames) / fps,
         "_embedding": embedding,
     }
 
@@ -76,8 +81,8 @@ class GeneratedMedia:
     fps: int
 
 
-# makes the clip for (world, clip info, clip index): the system under test
-SystemUnderTest = Callable[[World, ClipInfo, int], GeneratedMedia]
+# makes the clip for (world, clip info, the clip's phoneme timeline, clip index): the system under test
+SystemUnderTest = Callable[[World, ClipInfo, PhonemeTimeline, int], GeneratedMedia]
 
 
 def evaluate(
@@ -110,7 +115,7 @@ def evaluate(
         if system is None:
             scores = truth
         else:
-            media = system(world, info, n)
+            media = system(world, info, PhonemeTimeline(list(clip.phonemes), clip.seconds), n)
             scores = _score(world, info, media.audio, media.frames, media.sample_rate, media.fps, refs)
         truth_scores.append(truth)
         system_scores.append(scores)

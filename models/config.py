@@ -55,7 +55,7 @@ class SonateConfig:
     steps: int = 4
     shift: float = 1.0  # timestep shift; 1 is the plain linear schedule
     audio_guidance: float = 2.0
-    video_guidance: float = 1.5
+    video_guidance: float = 0.0  # 0: the negative branch's video, whose mouth follows the sound (architecture.md)
     negative_noise_std: float = 0.1  # white-noise clip of the negative branch (noise-based negative)
     dtype: str = "float32"
 

@@ -310,3 +310,12 @@ def test_generated_chunks_equal_recomputing_without_cache(guided: bool) -> None:
             assert (g - w).abs().max().item() < TOLERANCE
         gap = max((g - e).abs().max().item() for g, e in zip(got, everything, strict=True))
         assert (gap < TOLERANCE) == (k <= cfg.window_chunks), (k, gap)
+
+
+def test_guidance_scales_each_modality_from_the_negative_branch() -> None:
+    audio = torch.tensor([[3.0], [1.0]])  # rows [conditional | negative]
+    video = torch.tensor([[5.0], [2.0]])
+    guided_audio, guided_video = Guidance(2.0, 0.0).combine(audio, video)
+    assert guided_audio.item() == 5.0  # 1 + 2·(3 − 1)
+    assert guided_video.item() == 2.0  # scale 0: the negative branch's video
+    assert Guidance(2.0, 0.0).enabled and Guidance(1.0, 0.0).enabled and not Guidance(1.0, 1.0).enabled

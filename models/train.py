@@ -32,7 +32,6 @@ from sonate.models.audio import white_noise
 from sonate.models.conditioning import INSTRUCTION_PAD, Conditioning, encode_instruction
 from sonate.models.config import SonateConfig
 from sonate.models.decoders import Codecs
-from sonate.models.frontend import PhonemeTimeline
 from sonate.models.sampler import chunk_phonemes, dropped_phonemes
 from sonate.models.teacher import teacher_forward
 from sonate.models.transformer import ChunkPhonemes, SonateModel
@@ -117,7 +116,7 @@ def encode_split(
             continue
         frames = torch.from_numpy(clip.frames[: chunks * cfg.chunk_video_frames])
         audio = torch.from_numpy(clip.audio[: chunks * cfg.chunk_audio_samples])
-        timeline = PhonemeTimeline(list(clip.phonemes), len(clip.frames) / clip.fps)
+        timeline = clip.timeline()
         clips.append(
             EncodedClip(
                 audio=codecs.encode_audio(audio[None])[0].float(),

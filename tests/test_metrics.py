@@ -11,7 +11,6 @@ import pytest
 
 from sonate.models.checkpoint import random_model
 from sonate.models.decoders import Codecs
-from sonate.models.frontend import PhonemeTimeline
 from sonate.models.metrics import (
     audio_envelope,
     cosine,
@@ -175,7 +174,7 @@ def test_the_system_speaks_the_clip_timeline_or_the_text_alone(world: World) -> 
     codecs, cfg = Codecs.random(model.cfg), model.cfg
     info = world.clips("test")[0]
     clip = world.load(info)
-    timeline = PhonemeTimeline(list(clip.phonemes), clip.seconds)
+    timeline = clip.timeline()
     on_clip = model_system(model, codecs, 0, 1, None, False, "clip")(world, info, timeline, 0)
     from_text = model_system(model, codecs, 0, 1, None, False, "text")(world, info, timeline, 0)
     assert len(on_clip.frames) == len(clip.frames) and on_clip.audio.shape == clip.audio.shape

@@ -115,7 +115,7 @@ def evaluate(
         if system is None:
             scores = truth
         else:
-            media = system(world, info, PhonemeTimeline(list(clip.phonemes), clip.seconds), n)
+            media = system(world, info, clip.timeline(), n)
             scores = _score(world, info, media.audio, media.frames, media.sample_rate, media.fps, refs)
         truth_scores.append(truth)
         system_scores.append(scores)

@@ -45,7 +45,7 @@ import av
 import numpy as np
 
 from sonate.models.espeak import TimedPhoneme
-from sonate.models.frontend import phoneme_id
+from sonate.models.frontend import PhonemeTimeline, phoneme_id
 
 __all__ = ["Shard", "WorldClip", "decode_frames", "encode_frames", "write_shard"]
 
@@ -82,6 +82,10 @@ class WorldClip:
     @property
     def seconds(self) -> float:
         return len(self.frames) / self.fps
+
+    def timeline(self) -> PhonemeTimeline:
+        """The clip's phonemes as a timeline over its whole length, lead-in pause included (the model's input)."""
+        return PhonemeTimeline(list(self.phonemes), self.seconds)
 
 
 def _frame_codec() -> str:

@@ -42,6 +42,7 @@ from sonate.clients.recorder import MediaRecorder
 from sonate.models.errors import SonateInputError
 from sonate.streamer.protocol import (
     KIND_AUDIO,
+    MAX_PIECE_CHARS,
     ClientMessage,
     InputFlush,
     InputInterrupt,
@@ -51,7 +52,6 @@ from sonate.streamer.protocol import (
     SessionUpdate,
     encode_client_message,
 )
-from sonate.streamer.speech import MAX_PIECE_CHARS
 
 __all__ = ["ClientOptions", "ClientSession", "Event", "SessionInfo", "SonateClient", "SonateClientError", "TextPiece"]
 

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from sonate.streamer.playout import TICK
+from sonate.streamer.media.playout import TICK
 
 REFERENCE_BEFORE_S = 0.2  # reference window: this long before the instant looked for ...
 REFERENCE_AFTER_S = 0.6  # ... and this long after it (s)

@@ -24,8 +24,8 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
 
-from sonate.streamer.mp4 import Mp4Writer
-from sonate.streamer.webrtc import AUDIO_FRAME_SAMPLES, AUDIO_RATE, StreamingResampler
+from sonate.streamer.media.mp4 import Mp4Writer
+from sonate.streamer.media.resample import AUDIO_FRAME_SAMPLES, AUDIO_RATE, StreamingResampler
 
 log = logging.getLogger(__name__)
 

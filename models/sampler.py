@@ -295,7 +295,7 @@ class RecomputeStream:
     @torch.no_grad()
     def generate(self, phonemes: ChunkPhonemes) -> tuple[Tensor, Tensor]:
         """Make the next chunk of every row: clean audio latents [B, Fa, Ca], video [B, Fv, C, h, w]."""
-        from sonate.models.teacher import teacher_forward
+        from sonate.models.teacher_forcing import teacher_forward
 
         cfg, model, branches = self.cfg, self.model, 2 if self.guidance.enabled else 1
         chunk = self.audio.shape[1] // cfg.chunk_audio_latents

@@ -33,7 +33,7 @@ from sonate.models.conditioning import INSTRUCTION_PAD, Conditioning, encode_ins
 from sonate.models.config import SonateConfig
 from sonate.models.decoders import Codecs
 from sonate.models.sampler import chunk_phonemes, dropped_phonemes
-from sonate.models.teacher import teacher_forward
+from sonate.models.teacher_forcing import teacher_forward
 from sonate.models.transformer import ChunkPhonemes, SonateModel
 from sonate.models.world.dataset import ClipInfo, World
 

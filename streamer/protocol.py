@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sonate.streamer.speech import MAX_PIECE_CHARS
-
+MAX_PIECE_CHARS = 4096  # characters of one text piece (`input.text`, `Session.push_text`)
 MAX_MESSAGE_BYTES = 64 * 1024  # one client text message; a longer one is answered with `message_too_large`
 MAX_ID_CHARS = 64  # a client message's optional `id`, echoed in replies
 

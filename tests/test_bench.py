@@ -14,7 +14,7 @@ from sonate import kernels
 from sonate.models.config import SonateConfig
 from sonate.models.errors import SonateInputError
 from sonate.models.sampler import ChunkStream, Guidance, branch_conditioning, chunk_noise
-from sonate.streamer import bench
+from sonate.streamer.bench import model as bench
 
 CPU = torch.device("cpu")
 
@@ -118,6 +118,6 @@ def test_the_recompute_curve_times_one_chunk_per_length() -> None:
 
 def test_the_recompute_lengths_must_be_positive_seconds() -> None:
     for bad in ("5,-1", "five"):
-        done = subprocess.run([sys.executable, "-m", "sonate.streamer.cli", "bench", "model", "--recompute-seconds",
-                               bad], capture_output=True, text=True, timeout=120)  # fmt: skip
+        argv = [sys.executable, "-m", "sonate.streamer.cli.main", "bench", "model", "--recompute-seconds", bad]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and "--recompute-seconds" in done.stderr

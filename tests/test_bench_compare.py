@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sonate.models.errors import SonateInputError
-from sonate.streamer.bench_compare import compare
+from sonate.streamer.bench.compare import compare
 
 FIXTURES = Path(__file__).parent / "fixtures"
 A, B = FIXTURES / "bench-e2e-a.json", FIXTURES / "bench-e2e-b.json"
@@ -32,7 +32,7 @@ def test_runs_of_different_benchmarks_are_refused() -> None:
 
 
 def test_the_command_prints_the_ratios_and_rejects_bad_files(tmp_path: Path) -> None:
-    run = [sys.executable, "-m", "sonate.streamer.cli", "bench", "compare"]
+    run = [sys.executable, "-m", "sonate.streamer.cli.main", "bench", "compare"]
     done = subprocess.run([*run, str(A), str(B)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     line = next(row for row in done.stdout.splitlines() if row.startswith("ttfa_ms_p50"))

@@ -11,9 +11,9 @@ import pytest
 
 from sonate.models.checkpoint import random_model, save_pretrained
 from sonate.models.world import WorldConfig, make_world
-from sonate.streamer.bench_plots import pareto_front
-from sonate.streamer.cli import main
-from sonate.streamer.engine import Engine, EngineConfig
+from sonate.streamer.bench.plots import pareto_front
+from sonate.streamer.cli.main import main
+from sonate.streamer.engine.engine import Engine, EngineConfig
 from tests.conftest import small_config
 
 
@@ -84,7 +84,7 @@ def test_bench_model_draws_the_recompute_curve(tmp_path: Path) -> None:
 
 def test_the_whole_sentence_baseline_adds_the_hold_the_generation_and_the_transport() -> None:
     from sonate.clients.latency import SpeechLatency
-    from sonate.streamer.bench_e2e import SessionRun, _sentence_baseline
+    from sonate.streamer.bench.e2e import SessionRun, _sentence_baseline
 
     latency = SpeechLatency(text_start=0, media_time=1.0, text_sent_at=10.5, started_at=11.0, server_ttfa_ms=300.0,
                             websocket_at=10.85, received_s=2.0, audio_at=10.9)  # fmt: skip

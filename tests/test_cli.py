@@ -16,13 +16,13 @@ from sonate.models.decoders import Codecs
 from sonate.models.espeak import TimedPhoneme
 from sonate.models.frontend import MAX_SPEAKERS, PHONEME_VOCAB_SIZE, IncrementalFrontend, PhonemeTimeline
 from sonate.models.media_io import load_audio
-from sonate.streamer.clip import generate_clip, open_clip_stream, speak_clip, speech_timeline
+from sonate.streamer.engine.clip import generate_clip, open_clip_stream, speak_clip, speech_timeline
 from tests.conftest import small_config
 
 
 def sonate(*args: str | Path) -> subprocess.CompletedProcess:
     """Run the `sonate` program as a user would."""
-    command = [sys.executable, "-m", "sonate.streamer.cli", *map(str, args)]
+    command = [sys.executable, "-m", "sonate.streamer.cli.main", *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 

@@ -15,10 +15,10 @@ import pytest
 
 from sonate.clients.client import ClientOptions, ClientSession, SonateClient, SonateClientError
 from sonate.clients.latency import MediaReference, locate
-from sonate.clients.say import main as say_main
 from sonate.models.checkpoint import random_model, save_pretrained
-from sonate.streamer.bench_e2e import SENTENCES, add_bench_e2e_parser
-from sonate.streamer.playout import TICK
+from sonate.streamer.bench.e2e import SENTENCES, add_bench_e2e_parser
+from sonate.streamer.cli.main import main as sonate_main
+from sonate.streamer.media.playout import TICK
 from tests.conftest import small_config
 from tests.test_server import TEXT, running_server, wav_bytes
 
@@ -129,7 +129,9 @@ async def test_a_session_streams_text_and_records_an_mp4_whose_tracks_match(tmp_
 def test_say_writes_an_mp4_and_prints_timings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "reply.mp4"
     with running_server() as served:
-        say_main(["--server", served.url, "Hello there, how are you?", "--out", str(out), "--words-per-second", "20"])
+        sonate_main(
+            ["say", "--server", served.url, "Hello there, how are you?", "--out", str(out), "--words-per-second", "20"]
+        )
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "time to first audio" in printed and "n/a" not in printed, printed
     video_s, audio_s, fps = mp4_durations(out)
@@ -143,7 +145,7 @@ def test_say_against_a_closed_port_fails_with_one_line(tmp_path: Path, capsys: p
         ["Hi", "--out", str(tmp_path / "a.mp4"), "--voice", str(tmp_path / "missing.wav")],
     ):
         with pytest.raises(SystemExit) as caught:
-            say_main(argv)
+            sonate_main(["say", *argv])
         assert caught.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("sonate: error: "), err

@@ -12,7 +12,7 @@ import pytest
 from sonate.models.checkpoint import random_model
 from sonate.models.decoders import Codecs
 from sonate.models.sampler import Guidance, chunk_phonemes
-from sonate.streamer.compute import ChunkRequest, ComputeProcess, ComputeSetup
+from sonate.streamer.engine.compute import ChunkRequest, ComputeProcess, ComputeSetup
 from tests.conftest import small_config
 
 

@@ -13,10 +13,11 @@ import pytest
 from sonate.models.checkpoint import random_model
 from sonate.models.config import SonateConfig
 from sonate.models.errors import SonateInputError
-from sonate.streamer.engine import Engine, EngineConfig, EngineFull
-from sonate.streamer.playout import TICK, AVChunk
-from sonate.streamer.session import Session
-from sonate.streamer.spans import FIRST_AUDIO_SPANS
+from sonate.streamer.engine.engine import Engine, EngineConfig, EngineFull
+from sonate.streamer.engine.session import Session
+from sonate.streamer.engine.timing import FIRST_AUDIO_SPANS
+from sonate.streamer.media.chunk import AVChunk
+from sonate.streamer.media.playout import TICK
 from tests.conftest import small_config
 
 

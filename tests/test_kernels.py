@@ -26,7 +26,7 @@ from sonate import kernels
 from sonate.kernels import block_mask, reference
 from sonate.models.config import SonateConfig
 from sonate.models.positions import chunk_rope_tables, prefix_rope_tables
-from sonate.models.teacher import CLEAN, NOISY, PREFIX, teacher_forward, token_layout
+from sonate.models.teacher_forcing import CLEAN, NOISY, PREFIX, teacher_forward, token_layout
 from sonate.models.transformer import SonateModel
 from tests.conftest import random_conditioning, random_latents, random_phonemes, small_config
 
@@ -306,8 +306,8 @@ def test_streaming_equals_one_pass_on_triton() -> None:
 
 
 def test_bench_kernels_smoke(tmp_path: Path) -> None:
-    from sonate.streamer.bench_kernels import bench_kernels, kernels_report
-    from sonate.streamer.bench_report import write_outputs
+    from sonate.streamer.bench.kernels import bench_kernels, kernels_report
+    from sonate.streamer.bench.report import write_outputs
 
     result = bench_kernels(smoke=True)
     assert result["checks"] and all(check["ok"] for check in result["checks"])

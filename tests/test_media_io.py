@@ -13,7 +13,7 @@ import pytest
 
 from sonate.models.errors import SonateInputError
 from sonate.models.media_io import load_audio, load_image
-from sonate.streamer.mp4 import Mp4Writer, write_mp4
+from sonate.streamer.media.mp4 import Mp4Writer, write_mp4
 
 TONE_HZ = 440.0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -23,8 +22,8 @@ from sonate.models.metrics import (
     word_error_rate,
 )
 from sonate.models.world import World, WorldConfig, make_world
-from sonate.streamer.cli_data import add_data_parser
-from sonate.streamer.cli_eval import add_eval_parser, checkpoint_system, model_system
+from sonate.streamer.cli.main import build_parser
+from sonate.streamer.engine.evaluation import checkpoint_system, model_system
 from tests.conftest import small_config
 
 SMALL = WorldConfig(hours=0.02, seed=3, timbres=12, avatars=12, eval_fraction=0.15, clips_per_shard=8)
@@ -122,12 +121,10 @@ def test_wer_scores_transcripts_that_do_not_depend_on_the_order(world: World) ->
 
 
 def test_eval_ground_truth_through_the_cli(world: World, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    parser = argparse.ArgumentParser(prog="sonate")
-    commands = parser.add_subparsers(dest="command", required=True)
-    add_data_parser(commands)
-    add_eval_parser(commands)
     out = tmp_path / "eval.json"
-    args = parser.parse_args(["eval", "--checkpoint", "ground-truth", "--data", str(world.root), "--json", str(out)])
+    args = build_parser("eval").parse_args(
+        ["eval", "--checkpoint", "ground-truth", "--data", str(world.root), "--json", str(out)]
+    )
     args.run(args)
     printed = capsys.readouterr().out
     assert "lip sync confidence" in printed and "WER" in printed
@@ -143,10 +140,8 @@ def test_eval_ground_truth_through_the_cli(world: World, tmp_path: Path, capsys:
 
 
 def test_data_make_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    parser = argparse.ArgumentParser(prog="sonate")
-    add_data_parser(parser.add_subparsers(dest="command", required=True))
     argv = ["data", "make", "--out", str(tmp_path / "w"), "--hours", "0.005", "--timbres", "6", "--avatars", "6"]
-    args = parser.parse_args(argv)
+    args = build_parser("data").parse_args(argv)
     args.run(args)
     printed = capsys.readouterr()
     assert "x real time" in printed.out and "MB per hour" in printed.out
@@ -154,7 +149,9 @@ def test_data_make_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture
     world = World(tmp_path / "w")
     assert world.complete and len(world.clips("test")) >= 1
     assert len(list((tmp_path / "w" / "references" / "voices").glob("*.wav"))) == 12
-    args = parser.parse_args(["data", "preview", "--data", str(tmp_path / "w"), "--out", str(tmp_path / "c.mp4")])
+    args = build_parser("data").parse_args(
+        ["data", "preview", "--data", str(tmp_path / "w"), "--out", str(tmp_path / "c.mp4")]
+    )
     args.run(args)
     assert (tmp_path / "c.mp4").stat().st_size > 1000
 

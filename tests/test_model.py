@@ -108,7 +108,7 @@ def test_the_shipped_default_is_trained_tiny_and_small() -> None:
 
 
 def test_the_default_references_are_the_shipped_voice_and_face() -> None:
-    from sonate.streamer.references import DEFAULT_REFERENCES, default_avatar, default_voice
+    from sonate.streamer.engine.reference_media import DEFAULT_REFERENCES, default_avatar, default_voice
 
     face = default_avatar(128)
     assert face.shape == (128, 128, 3) and len(np.unique(face.reshape(-1, 3), axis=0)) > 50  # a face, no gradient

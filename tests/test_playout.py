@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sonate.streamer.playout import TICK, AVChunk, Playout
+from sonate.streamer.media.chunk import AVChunk
+from sonate.streamer.media.playout import TICK, Playout
 
 CHUNK_S = 0.32
 

@@ -32,10 +32,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from sonate.models.checkpoint import random_model
-from sonate.streamer.bench_e2e import SERVER_START_TIMEOUT_S
-from sonate.streamer.clapper import beep_times, flash_times
-from sonate.streamer.engine import Engine, EngineConfig
-from sonate.streamer.playout import AVChunk
+from sonate.streamer.bench.e2e import SERVER_START_TIMEOUT_S
+from sonate.streamer.engine.engine import Engine, EngineConfig
+from sonate.streamer.engine.speech import MAX_PIECE_CHARS
+from sonate.streamer.media.chunk import AVChunk
+from sonate.streamer.media.clapper import beep_times, flash_times
 from sonate.streamer.protocol import (
     KIND_AUDIO,
     KIND_VIDEO,
@@ -45,9 +46,8 @@ from sonate.streamer.protocol import (
     parse_client_message,
     pcm16,
 )
-from sonate.streamer.server import ServerConfig, create_app
-from sonate.streamer.speech import MAX_PIECE_CHARS
-from sonate.streamer.websocket import MEDIA_QUEUE_MESSAGES, Outbox
+from sonate.streamer.server.app import ServerConfig, create_app
+from sonate.streamer.server.websocket import MEDIA_QUEUE_MESSAGES, Outbox
 from tests.conftest import small_config
 
 SAMPLE_RATE = 16000  # Hz: the small model's rate
@@ -602,7 +602,7 @@ def test_sonate_serve_starts_answers_health_and_stops() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "sonate.streamer.cli", "serve", "--port", str(port), "--source", "clapper"]
+    command = [sys.executable, "-m", "sonate.streamer.cli.main", "serve", "--port", str(port), "--source", "clapper"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
     try:

@@ -10,7 +10,7 @@ from sonate.models.conditioning import Conditioning
 from sonate.models.config import SonateConfig
 from sonate.models.positions import chunk_rope_tables
 from sonate.models.sampler import ChunkStream, Guidance, RecomputeStream, branch_conditioning, branch_phonemes
-from sonate.models.teacher import CLEAN, NOISY, PREFIX, teacher_forward, token_layout
+from sonate.models.teacher_forcing import CLEAN, NOISY, PREFIX, teacher_forward, token_layout
 from sonate.models.transformer import ChunkPhonemes, SonateModel
 from tests.conftest import random_conditioning, random_latents, random_phonemes, small_config
 

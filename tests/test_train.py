@@ -104,7 +104,7 @@ def test_two_processes_end_with_identical_weights(tmp_path: Path) -> None:
 def test_train_cli_takes_a_world_to_a_loadable_checkpoint(tmp_path: Path) -> None:
     world = tmp_path / "world"
     make_world(world, WorldConfig(hours=0.01, seed=5, timbres=8, avatars=8, eval_fraction=0.25, clips_per_shard=8))
-    sonate = [sys.executable, "-m", "sonate.streamer.cli"]
+    sonate = [sys.executable, "-m", "sonate.streamer.cli.main"]
     codecs, run = tmp_path / "codecs", tmp_path / "run"
     steps = ["--vocoder-steps", "2", "--video-steps", "2"]
     subprocess.run([*sonate, "train", "codecs", "--data", str(world), "--out", str(codecs), *steps], check=True)

@@ -13,9 +13,10 @@ from aiortc.mediastreams import MediaStreamTrack
 from av import AudioFrame, VideoFrame
 
 from sonate.models.errors import SonateInputError
-from sonate.streamer.clapper import av_offsets, beep_times, clapper_media, flash_times
-from sonate.streamer.playout import TICK, AVChunk, Playout
-from sonate.streamer.webrtc import (
+from sonate.streamer.media.chunk import AVChunk
+from sonate.streamer.media.clapper import av_offsets, beep_times, clapper_media, flash_times
+from sonate.streamer.media.playout import TICK, Playout
+from sonate.streamer.server.webrtc import (
     AUDIO_FRAME_SAMPLES,
     AUDIO_RATE,
     PlayoutAudioTrack,

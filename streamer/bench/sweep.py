@@ -20,11 +20,11 @@ from sonate.models.decoders import Codecs
 from sonate.models.errors import SonateInputError
 from sonate.models.sampler import Guidance
 from sonate.models.transformer import SonateModel
-from sonate.streamer.bench import preset_name
-from sonate.streamer.bench_e2e import E2EConfig, add_model_arguments, bench_e2e, load_bench_model
-from sonate.streamer.bench_plots import pareto_front, plot_pareto
-from sonate.streamer.bench_report import Report, run_info, write_outputs
-from sonate.streamer.progress import ProgressBar
+from sonate.streamer.bench.common import add_model_arguments, load_bench_model, preset_name
+from sonate.streamer.bench.e2e import E2EConfig, bench_e2e
+from sonate.streamer.bench.plots import pareto_front, plot_pareto
+from sonate.streamer.bench.progress import ProgressBar
+from sonate.streamer.bench.report import Report, run_info, write_outputs
 
 QUALITY = ("sync_confidence", "wer", "sim")
 
@@ -57,7 +57,7 @@ def bench_sweep(
     if min(chunk_latents + steps + sessions, default=0) < 1 or seconds <= 0 or max_clips < 1:
         raise SonateInputError("chunk lengths, steps and sessions must be at least 1, --seconds positive")
     from sonate.models.metrics.evaluate import evaluate
-    from sonate.streamer.cli_eval import model_system
+    from sonate.streamer.engine.evaluation import model_system
 
     grid = list(itertools.product(chunk_latents, steps, cfg_modes))
     total, done, points = len(grid) * (len(sessions) + (data is not None)), 0, []

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from sonate.models.errors import SonateInputError
-from sonate.streamer.progress import ProgressBar
+from sonate.streamer.bench.progress import ProgressBar
 
 if TYPE_CHECKING:
     from sonate.models.config import SonateConfig
@@ -30,17 +30,11 @@ if TYPE_CHECKING:
     from sonate.models.transformer import SonateModel
     from sonate.models.world.dataset import World
 
-__all__ = ["add_train_parser"]
 
-
-def add_train_parser(subcommands: argparse._SubParsersAction) -> None:
-    """Add `sonate train codecs` and `sonate train model` to the `sonate` program's subcommands."""
-    p = subcommands.add_parser(
-        "train",
-        help="train the codecs and the model on a world",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of `sonate train`."""
+    p.description = __doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     stages = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
     c = stages.add_parser("codecs", help="train the vocoder and the video autoencoder (the latent spaces)")
     c.add_argument("--data", required=True, type=Path, help="world folder")
@@ -205,8 +199,8 @@ def _encoded(
 
 def _write_sample(world: World, model: SonateModel, codecs: Codecs, path: Path) -> None:
     """Speak the first validation clip's sentence with its voice and avatar, to an MP4."""
-    from sonate.streamer.clip import generate_clip
-    from sonate.streamer.mp4 import write_mp4
+    from sonate.streamer.engine.clip import generate_clip
+    from sonate.streamer.media.mp4 import write_mp4
 
     cfg = model.cfg
     info = world.clips("val")[0]

@@ -1,5 +1,5 @@
-"""Where the time to first audio goes, end to end: the engine's spans of each utterance (`sonate.streamer.spans`)
-joined with what its client measured, and the steady state of the batches.
+"""Where the time to first audio goes, end to end: the engine's spans of each utterance
+(`sonate.streamer.engine.timing`) joined with what its client measured, and the steady state of the batches.
 
 For an utterance the client sent at `text_sent_at`, got over the websocket media at `websocket_at` and over WebRTC
 at `audio_at` (its first phoneme located in the received audio), and the engine took in at `text_received_at` and
@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sonate.streamer.playout import TICK
-from sonate.streamer.spans import BATCH_SPANS, FIRST_AUDIO_SPANS, ChunkTiming, FirstAudio
+from sonate.streamer.engine.timing import BATCH_SPANS, FIRST_AUDIO_SPANS, ChunkTiming, FirstAudio
+from sonate.streamer.media.playout import TICK
 
 if TYPE_CHECKING:
     from sonate.clients.latency import SpeechLatency
-    from sonate.streamer.bench_e2e import SessionRun
-    from sonate.streamer.engine import Engine
+    from sonate.streamer.bench.e2e import SessionRun
+    from sonate.streamer.engine.engine import Engine
 
 E2E_SPANS = ("upstream", *FIRST_AUDIO_SPANS, "to_client", "webrtc")
 WATERFALL_SECONDS = 2.0  # media seconds of a reply the waterfall shows

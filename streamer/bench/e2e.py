@@ -15,7 +15,7 @@ two phases against it:
    runs again with each sentence sent whole once produced; then, with the server down, every sentence spoken is
    generated whole in this process and timed (`whole_sentence_ms`): sentence-at-a-time generation.
 2. **sync** (always the clapper source, on a second server): N clients watch for a few seconds; flashes and beeps
-   are found on the received timeline (pts) with `sonate.streamer.clapper` and paired: the A/V offset.
+   are found on the received timeline (pts) with `sonate.streamer.media.clapper` and paired: the A/V offset.
 """
 
 from __future__ import annotations
@@ -41,21 +41,20 @@ import uvloop
 
 from sonate.clients.client import ClientOptions, ClientSession, SonateClient
 from sonate.clients.latency import SpeechLatency
-from sonate.models.config import PRESETS
 from sonate.models.decoders import Codecs
 from sonate.models.errors import SonateInputError
 from sonate.models.sampler import ChunkStream, Guidance
 from sonate.models.transformer import SonateModel
-from sonate.streamer.bench import preset_name, torch_threads
-from sonate.streamer.bench_breakdown import first_audio_breakdown
-from sonate.streamer.bench_plots import plot_stacked_spans, plot_waterfall
-from sonate.streamer.bench_report import Report, run_info, write_outputs
-from sonate.streamer.clapper import av_offsets, beep_times, flash_times
-from sonate.streamer.clip import speak_clip, speech_timeline
-from sonate.streamer.engine import SOURCES, Engine, EngineConfig
-from sonate.streamer.progress import ProgressBar
-from sonate.streamer.references import session_conditioning
-from sonate.streamer.server import ServerConfig, create_app
+from sonate.streamer.bench.breakdown import first_audio_breakdown
+from sonate.streamer.bench.common import add_model_arguments, load_bench_model, preset_name, torch_threads
+from sonate.streamer.bench.plots import plot_stacked_spans, plot_waterfall
+from sonate.streamer.bench.progress import ProgressBar
+from sonate.streamer.bench.report import Report, run_info, write_outputs
+from sonate.streamer.engine.clip import speak_clip, speech_timeline
+from sonate.streamer.engine.engine import SOURCES, Engine, EngineConfig
+from sonate.streamer.engine.reference_media import session_conditioning
+from sonate.streamer.media.clapper import av_offsets, beep_times, flash_times
+from sonate.streamer.server.app import ServerConfig, create_app
 
 log = logging.getLogger(__name__)
 
@@ -606,28 +605,6 @@ def add_bench_e2e_parser(bench_subcommands: argparse._SubParsersAction) -> argpa
                    help=f"the engine's torch CPU threads (default {EngineConfig.threads})")  # fmt: skip
     p.set_defaults(run=run_bench_e2e)
     return p
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--checkpoint` or `--preset`: the model a benchmark runs (read by `load_bench_model`)."""
-    weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--preset", default="tiny", help="model preset with random weights (default tiny)")
-    weights.add_argument("--checkpoint", type=Path,
-                         help="benchmark this checkpoint folder instead ('default': the embedded one)")  # fmt: skip
-
-
-def load_bench_model(checkpoint: Path | None, preset: str) -> tuple[SonateModel, Codecs | None]:
-    """The model (and codecs) a benchmark runs: a checkpoint folder ("default": the embedded one), or else a
-    preset with random weights (and seeded random codecs)."""
-    from sonate.models.checkpoint import load_checkpoint, random_model
-    from sonate.models.config import SonateConfig
-
-    if checkpoint is not None:
-        loaded = load_checkpoint(None if str(checkpoint) == "default" else checkpoint)
-        return loaded.model, loaded.codecs
-    if preset not in PRESETS:
-        raise SonateInputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    return random_model(SonateConfig.preset(preset)), None
 
 
 def run_bench_e2e(args: argparse.Namespace) -> None:

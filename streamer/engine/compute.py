@@ -1,7 +1,7 @@
 """The engine's compute process: the model, its KV cache and both decoders, in a process of their own.
 
 The scheduler on the event loop decides what to make; a `ChunkMaker` in a child process
-(`python -m sonate.streamer.compute`) makes it. They talk over the child's stdin and stdout in length-prefixed
+(`python -m sonate.streamer.engine.compute`) makes it. They talk over the child's stdin and stdout in length-prefixed
 pickles: the first message is the `ComputeSetup`, then each request is (method name, arguments) and each reply
 (True, result) or (False, exception). Only the engine talks to it, one request at a time.
 
@@ -30,10 +30,10 @@ from sonate.models.audio_codec import VocoderState
 from sonate.models.decoders import Codecs
 from sonate.models.sampler import ChunkStream, Guidance
 from sonate.models.transformer import ChunkPhonemes, SonateModel
-from sonate.streamer.clapper import clapper_media
-from sonate.streamer.playout import AVChunk
-from sonate.streamer.references import session_conditioning
-from sonate.streamer.spans import ComputeTiming
+from sonate.streamer.engine.reference_media import session_conditioning
+from sonate.streamer.engine.timing import ComputeTiming
+from sonate.streamer.media.chunk import AVChunk
+from sonate.streamer.media.clapper import clapper_media
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class ComputeProcess:
         """Start the child and build its `ChunkMaker`; returns once it is ready."""
         pipe = asyncio.subprocess.PIPE
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "sonate.streamer.compute", stdin=pipe, stdout=pipe
+            sys.executable, "-m", "sonate.streamer.engine.compute", stdin=pipe, stdout=pipe
         )
         try:
             await self._exchange(self.setup)

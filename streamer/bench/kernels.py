@@ -40,9 +40,9 @@ from sonate.models.checkpoint import random_model
 from sonate.models.config import SonateConfig
 from sonate.models.positions import chunk_rope_tables
 from sonate.models.sampler import ChunkStream, Guidance
-from sonate.models.teacher import token_layout
-from sonate.streamer.bench import SEED, random_conditioning, random_phonemes
-from sonate.streamer.bench_report import Report, run_info, write_outputs
+from sonate.models.teacher_forcing import token_layout
+from sonate.streamer.bench.common import SEED, random_conditioning, random_phonemes
+from sonate.streamer.bench.report import Report, run_info, write_outputs
 
 GPU_ATOL = 2e-2  # bf16 kernels against the fp32 reference of the same inputs
 CPU_ATOL = 1e-4  # fp32 through the interpreter
@@ -401,8 +401,8 @@ def run_bench_kernels(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m sonate.streamer.bench_kernels`, until `sonate bench kernels` is wired into the CLI."""
-    parser = argparse.ArgumentParser(prog="python -m sonate.streamer.bench_kernels")
+    """`python -m sonate.streamer.bench.kernels`, until `sonate bench kernels` is wired into the CLI."""
+    parser = argparse.ArgumentParser(prog="python -m sonate.streamer.bench.kernels")
     add_bench_kernels_parser(parser.add_subparsers(dest="target", required=True))
     args = parser.parse_args(["kernels", *(sys.argv[1:] if argv is None else argv)])
     args.run(args)

@@ -25,12 +25,12 @@ from starlette.websockets import WebSocket
 
 from sonate.models.errors import SonateInputError
 from sonate.models.media_io import load_audio, load_image
-from sonate.streamer import prometheus
-from sonate.streamer.engine import Engine, EngineFull
-from sonate.streamer.playout import TICK
+from sonate.streamer.engine.engine import Engine, EngineFull
+from sonate.streamer.media.playout import TICK
 from sonate.streamer.protocol import ProtocolError, SessionCreate, error_body
-from sonate.streamer.registry import Hosted, Library, NotFound, Registry, StorageFull, UnknownReference
-from sonate.streamer.websocket import SocketConnection
+from sonate.streamer.server import metrics as prometheus
+from sonate.streamer.server.registry import Hosted, Library, NotFound, Registry, StorageFull, UnknownReference
+from sonate.streamer.server.websocket import SocketConnection
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from sonate.models.errors import SonateInputError
 from sonate.models.frontend import IncrementalFrontend, PhonemeTimeline
 from sonate.models.sampler import ChunkStream, Guidance, RecomputeStream, chunk_phonemes
 from sonate.models.transformer import SonateModel
-from sonate.streamer.references import session_conditioning
+from sonate.streamer.engine.reference_media import session_conditioning
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sonate.models.errors import SonateInputError
-from sonate.streamer.playout import TICK, Playout
+from sonate.streamer.media.playout import TICK, Playout
 from sonate.streamer.protocol import (
     KIND_AUDIO,
     KIND_VIDEO,
@@ -40,8 +40,8 @@ from sonate.streamer.protocol import (
     parse_client_message,
     pcm16,
 )
-from sonate.streamer.registry import Hosted, Registry, UnknownReference
-from sonate.streamer.webrtc import ViewerStart
+from sonate.streamer.server.registry import Hosted, Registry, UnknownReference
+from sonate.streamer.server.webrtc import ViewerStart
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from sonate.models.decoders import Codecs
 from sonate.models.errors import SonateInputError
 from sonate.models.sampler import Guidance
 from sonate.models.transformer import SonateModel
-from sonate.streamer.bench import preset_name
-from sonate.streamer.bench_e2e import E2EConfig, add_model_arguments, bench_e2e, load_bench_model
-from sonate.streamer.bench_plots import plot_capacity
-from sonate.streamer.bench_report import Report, run_info, write_outputs
-from sonate.streamer.progress import ProgressBar
+from sonate.streamer.bench.common import add_model_arguments, load_bench_model, preset_name
+from sonate.streamer.bench.e2e import E2EConfig, bench_e2e
+from sonate.streamer.bench.plots import plot_capacity
+from sonate.streamer.bench.progress import ProgressBar
+from sonate.streamer.bench.report import Report, run_info, write_outputs
 
 MODES = {"continuous batching": None, "one at a time": 1}  # mode → EngineConfig.max_batch
 RAMP_FIGURES = ("sessions", "underruns", "underruns_per_minute", "ttfa_ms_p50", "rtf", "engine_busy", "batch_ms_p50")

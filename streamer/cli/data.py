@@ -10,18 +10,14 @@ import time
 from pathlib import Path
 
 from sonate.models.errors import SonateInputError
-from sonate.streamer.progress import ProgressBar
-
-__all__ = ["add_data_parser"]
+from sonate.streamer.bench.progress import ProgressBar
 
 
-def add_data_parser(subcommands: argparse._SubParsersAction) -> None:
-    """Add `sonate data` (make, info, preview) to the `sonate` program's subcommands."""
-    p = subcommands.add_parser(
-        "data",
-        help="make the synthetic talking-avatar world",
-        description="The synthetic world: espeak-ng speech in many timbres with exact phoneme timings and a "
-        "procedurally rendered face whose mouth follows them. See docs/world.md.",
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of `sonate data`."""
+    p.description = (
+        "The synthetic world: espeak-ng speech in many timbres with exact phoneme timings and a "
+        "procedurally rendered face whose mouth follows them. See docs/world.md."
     )
     jobs = p.add_subparsers(dest="job", required=True, metavar="JOB")
     m = jobs.add_parser(
@@ -104,7 +100,7 @@ def _run_info(args: argparse.Namespace) -> None:
 
 def _run_preview(args: argparse.Namespace) -> None:
     from sonate.models.world.dataset import World
-    from sonate.streamer.mp4 import write_mp4
+    from sonate.streamer.media.mp4 import write_mp4
 
     world = World(args.data)
     clips = world.clips()

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sonate.models.errors import SonateInputError
-from sonate.streamer.playout import TICK, AVChunk, Playout
-from sonate.streamer.spans import ChunkTiming, FirstAudio, first_audio
-from sonate.streamer.speech import SpeechTrack
+from sonate.streamer.engine.speech import SpeechTrack
+from sonate.streamer.engine.timing import ChunkTiming, FirstAudio, first_audio
+from sonate.streamer.media.chunk import AVChunk
+from sonate.streamer.media.playout import TICK, Playout
 
 if TYPE_CHECKING:
-    from sonate.streamer.engine import Engine
+    from sonate.streamer.engine.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class Session:
         self._event_queues: list[asyncio.Queue[dict]] = []
         self._announced: set[tuple[int, str]] = set()  # (utterance text base, event) already sent
         self._text_first_pushed: dict[int, float] = {}  # utterance text base → monotonic time of its first text
-        # for the first-audio breakdown (`sonate.streamer.spans`), per utterance text base:
+        # for the first-audio breakdown (`sonate.streamer.engine.timing`), per utterance text base:
         self._text_marks: dict[int, list[tuple[int, float]]] = {}  # (text end in the utterance, time) per push
         self._text_ready: dict[int, tuple[float, float]] = {}  # (when its first chunk's text was in, G2P seconds)
         self._timings: dict[int, ChunkTiming] = {}  # chunk index → how the chunk now buffered was made

@@ -1,7 +1,7 @@
 """The engine: one model and its decoders on one device, serving many sessions with continuous batching.
 
 The scheduler runs on the event loop: every tick it lets sessions announce playback, collects every session
-whose next chunk is due, and hands them to the compute process (`sonate.streamer.compute`) as one batch — one
+whose next chunk is due, and hands them to the compute process (`sonate.streamer.engine.compute`) as one batch — one
 forward per Euler step for all of them. Model work never runs on the event loop, or even in its process, so
 network pacing stays on time and the forward never waits for the GIL.
 """
@@ -23,10 +23,9 @@ from sonate.models.decoders import Codecs
 from sonate.models.errors import SonateInputError
 from sonate.models.sampler import Guidance, chunk_phonemes
 from sonate.models.transformer import SonateModel
-from sonate.streamer.compute import ChunkRequest, ComputeProcess, ComputeSetup
-from sonate.streamer.playout import TICK
-from sonate.streamer.session import Session
-from sonate.streamer.spans import (
+from sonate.streamer.engine.compute import ChunkRequest, ComputeProcess, ComputeSetup
+from sonate.streamer.engine.session import Session
+from sonate.streamer.engine.timing import (
     BATCH_SPANS,
     FIRST_AUDIO_SPANS,
     KEPT_BREAKDOWNS,
@@ -35,6 +34,7 @@ from sonate.streamer.spans import (
     FirstAudio,
     SpanHistograms,
 )
+from sonate.streamer.media.playout import TICK
 
 log = logging.getLogger(__name__)
 

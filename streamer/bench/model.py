@@ -14,12 +14,11 @@ chunk again two ways, alternating, and compares their medians:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
@@ -28,8 +27,8 @@ from torch import Tensor
 
 from sonate import kernels
 from sonate.models.checkpoint import random_model
-from sonate.models.conditioning import INSTRUCTION_PAD, Conditioning
-from sonate.models.config import PRESETS, SonateConfig
+from sonate.models.conditioning import Conditioning
+from sonate.models.config import SonateConfig
 from sonate.models.decoders import Codecs
 from sonate.models.errors import SonateInputError
 from sonate.models.sampler import (
@@ -40,12 +39,11 @@ from sonate.models.sampler import (
     chunk_noise,
     flow_timesteps,
 )
-from sonate.models.teacher import teacher_forward
+from sonate.models.teacher_forcing import teacher_forward
 from sonate.models.transformer import ChunkPhonemes, SonateModel
-from sonate.streamer.bench_report import Report, run_info
+from sonate.streamer.bench.common import SEED, preset_name, random_conditioning, random_phonemes, torch_threads
+from sonate.streamer.bench.report import Report, run_info
 
-SEED = 0
-VOICE_SECONDS = 3.0  # length of the random reference voice clip
 SPEEDUP_REPEATS = 5  # timings of the last chunk per path (cached, uncached); the medians are compared
 RECOMPUTE_REPEATS = 3  # timings of a recomputed chunk per length of the recompute curve (the median is kept)
 
@@ -84,18 +82,6 @@ def bench_model(
             result["recompute_curve"] = recompute_curve(model, guidance, steps, recompute_seconds,
                                                         result["cached_chunk_ms"])  # fmt: skip
         return result
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block on `threads` torch CPU threads (None: leave them), restoring the count afterwards."""
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _check_arguments(cfg: SonateConfig, seconds: float, steps: int, warmup_chunks: int) -> None:
@@ -303,39 +289,6 @@ def _timed(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def random_conditioning(cfg: SonateConfig, device: torch.device, dtype: torch.dtype) -> Conditioning:
-    """Seeded random instruction bytes, a white-noise reference voice, a random avatar image and avatar latent,
-    batch 1."""
-    generator = torch.Generator().manual_seed(SEED)
-    ids = torch.randint(0, INSTRUCTION_PAD + 1, (1, cfg.instruction_tokens), generator=generator)
-    voice = 0.1 * torch.randn(1, int(VOICE_SECONDS * cfg.sample_rate), generator=generator)
-    size = cfg.identity_image_size
-    avatar = torch.rand(1, 3, size, size, generator=generator)
-    latent_shape = (1, cfg.video_latent_channels, cfg.video_latent_height, cfg.video_latent_width)
-    latent = torch.randn(latent_shape, generator=generator)
-    return Conditioning(ids.to(device), voice.to(device, dtype), avatar.to(device, dtype), latent.to(device, dtype))
-
-
-def random_phonemes(cfg: SonateConfig, chunks: int, device: torch.device) -> ChunkPhonemes:
-    """Seeded random phoneme and speaker ids for `chunks` whole chunks, batch 1."""
-    generator = torch.Generator().manual_seed(SEED + 1)
-
-    def ids(high: int, per_chunk: int) -> Tensor:
-        return torch.randint(0, high, (1, chunks * per_chunk), generator=generator).to(device)
-
-    audio, video = cfg.chunk_audio_latents, cfg.chunk_video_frames
-    return ChunkPhonemes(
-        ids(cfg.phoneme_vocab, audio), ids(cfg.max_speakers, audio), ids(cfg.phoneme_vocab, video),
-        ids(cfg.max_speakers, video),
-    )  # fmt: skip
-
-
-def preset_name(cfg: SonateConfig) -> str:
-    """The preset `cfg` equals, or `custom`."""
-    values = cfg.to_dict()
-    return next((name for name in PRESETS if SonateConfig.preset(name).to_dict() == values), "custom")
 
 
 def model_report(result: dict) -> Report:

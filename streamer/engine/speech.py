@@ -15,8 +15,8 @@ import numpy as np
 
 from sonate.models.errors import SonateInputError
 from sonate.models.frontend import IncrementalFrontend, PhonemeTimeline
+from sonate.streamer.protocol import MAX_PIECE_CHARS
 
-MAX_PIECE_CHARS = 4096  # one push
 MAX_PENDING_CHARS = 16384  # text accepted but not yet spoken
 FEED_CHARS = 256  # text turned into phonemes per scheduler tick (~15 ms of G2P at most)
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sonate.streamer.prometheus import Histogram
+from sonate.streamer.server.metrics import Histogram
 
 COMPUTE_SPANS = ("euler", "clean", "video_decoder", "vocoder")
 BATCH_SPANS = ("to_compute", *COMPUTE_SPANS, "other", "from_compute", "deliver")  # in the order they happen

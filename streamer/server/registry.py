@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sonate.models.errors import SonateInputError
-from sonate.streamer.engine import Engine
-from sonate.streamer.prometheus import Histogram, RollingSync
-from sonate.streamer.references import default_avatar, default_voice
-from sonate.streamer.session import Session
-from sonate.streamer.webrtc import WebRTCViewers
+from sonate.streamer.engine.engine import Engine
+from sonate.streamer.engine.reference_media import default_avatar, default_voice
+from sonate.streamer.engine.session import Session
+from sonate.streamer.server.metrics import Histogram, RollingSync
+from sonate.streamer.server.webrtc import WebRTCViewers
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The benchmarks behind `sonate bench`: they print figures and write JSON, Markdown and plots."""

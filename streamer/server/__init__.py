@@ -1,0 +1,1 @@
+"""The server: HTTP and websocket on one port, WebRTC viewers, the session registry and /metrics."""

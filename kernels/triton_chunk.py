@@ -7,7 +7,7 @@ into log2 units). Every given key is visible, so there is no element mask: a seq
 Tiling: one program per (tile of BLOCK_M query rows, batch row, K/V head). The G query heads that share a K/V head
 (grouped-query attention) are packed into the M dimension, rows ordered (head in group, token), so each K/V tile is
 loaded once for all G heads. Keys arrive already rotated: the cache rotates on read, once per chunk, in
-`KVCache.begin_chunk`, so no RoPE happens here.
+`KVCache.gather`, so no RoPE happens here.
 
 Split-KV (flash-decoding): when the query rows make too few programs to fill the GPU, the key range is cut into
 `splits` slices, each program writes a normalized partial output and its log-sum-exp, and a second kernel merges

@@ -15,6 +15,8 @@ fewer valid keys (`kv_lengths`), which is all the attention needs to know: no el
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -26,8 +28,9 @@ from sonate.models.positions import chunk_rope_tables, prefix_rope_tables
 class KVCache:
     """Sinks and chunk ring for `batch` rows (session slots × CFG branches), preallocated once.
 
-    Any subset of rows can make its next chunk together (continuous batching): `begin_chunk(rows)` gathers
-    their windows into the first len(rows) rows of the visible buffers; each row keeps its own chunk count.
+    Any subset of rows can make its next chunk together (continuous batching): `gather(rows)` gathers their
+    windows into the first len(rows) rows of the visible buffers; each row keeps its own chunk count
+    (`next_chunk`, the one position counter, moved only by `advance` and `rollback`).
     """
 
     def __init__(self, cfg: SonateConfig, batch: int, device: torch.device | str = "cpu", dtype=torch.float32):
@@ -47,7 +50,6 @@ class KVCache:
         self.visible_v = zeros(layers, batch, heads, sinks + (1 + window) * chunk, dim)
         self.next_chunk = torch.zeros(batch, dtype=torch.int64)  # index of the chunk each sequence makes next
         self.kv_lengths = torch.zeros(batch, dtype=torch.int64, device=device)
-        self.active = torch.arange(batch, device=device)  # the rows the current chunk is made for
         # the current chunk always sits at chunk W; window slot i (newest first) at chunk W - 1 - i
         cos, sin = chunk_rope_tables(cfg, torch.arange(window, -1, -1))
         self.current_rope = (cos[0].to(device, dtype), sin[0].to(device, dtype))
@@ -67,53 +69,68 @@ class KVCache:
             raise ValueError(f"cannot roll back to chunk {chunk}: the ring holds chunks from {max(0, oldest)} on")
         self.next_chunk[rows.cpu()] = chunk
 
-    def begin_chunk(self, rows: Tensor) -> None:
+    def gather(self, rows: Tensor) -> ChunkView:
         """Assemble the visible sinks and window of `rows` [n] for their next chunk, into the first n rows of
-        the visible buffers; the attention and `end_chunk` that follow act on these rows."""
+        the visible buffers; the returned view is what that chunk's attention reads and writes."""
         cfg = self.cfg
         sinks, chunk, window = cfg.prefix_tokens, cfg.chunk_tokens, cfg.window_chunks
-        self.active = rows.to(self.ring_k.device)
+        made = self.next_chunk[rows.cpu()]  # [n] the index of the chunk each row makes now
+        rows = rows.to(self.ring_k.device)
         n = len(rows)
-        past = self.next_chunk[rows.cpu()][:, None] - 1 - torch.arange(window)  # [n, W], newest first
+        past = made[:, None] - 1 - torch.arange(window)  # [n, W], newest first
         slots = past.remainder(cfg.ring_chunks).to(self.ring_k.device)
         self.kv_lengths[:n] = sinks + chunk + (past >= 0).sum(1) * chunk
         pairs = ((self.ring_k, self.visible_k, self.window_rope), (self.ring_v, self.visible_v, None))
         for ring, visible, rope in pairs:
-            gathered = ring[:, self.active[:, None], :, slots]  # [n, W, layers, Hkv, chunk, D]
+            gathered = ring[:, rows[:, None], :, slots]  # [n, W, layers, Hkv, chunk, D]
             gathered = gathered.permute(2, 0, 3, 1, 4, 5).flatten(3, 4)  # [layers, n, Hkv, W·chunk, D]
             if rope is not None:
                 gathered = kernels.apply_rope(gathered, *rope)
             visible[:, :n, :, sinks + chunk :] = gathered
-        self.visible_k[:, :n, :, :sinks] = self.sink_k[:, self.active]
-        self.visible_v[:, :n, :, :sinks] = self.sink_v[:, self.active]
+        self.visible_k[:, :n, :, :sinks] = self.sink_k[:, rows]
+        self.visible_v[:, :n, :, :sinks] = self.sink_v[:, rows]
+        ring_slots = made.remainder(cfg.ring_chunks).to(self.ring_k.device)
+        return ChunkView(rows, ring_slots, self.visible_k[:, :n], self.visible_v[:, :n], self.kv_lengths[:n])
 
-    def end_chunk(self) -> None:
-        """The chunk's clean K/V are in the ring: advance the active rows by one chunk."""
-        self.next_chunk[self.active.cpu()] += 1
+    def advance(self, view: ChunkView) -> None:
+        """The chunk of `view` is in the ring: its rows make the next chunk next."""
+        self.next_chunk[view.rows.cpu()] += 1
+
+
+@dataclass
+class ChunkView:
+    """One chunk of some cache rows, as `KVCache.gather` assembled it: the rows, the ring slot the chunk's K/V
+    go to, and the visible K/V its attention reads (views of the cache's buffers, valid until the next gather)."""
+
+    rows: Tensor  # [n] cache rows, on the cache's device
+    ring_slots: Tensor  # [n] the ring slot of the chunk being made
+    visible_k: Tensor  # [layers, n, Hkv, sinks + (1 + W)·chunk, D], rotated: [sinks | current chunk | window]
+    visible_v: Tensor  # [layers, n, Hkv, sinks + (1 + W)·chunk, D]
+    kv_lengths: Tensor  # [n] valid keys per row
 
 
 class ChunkAttention:
-    """Attention of the current chunk's tokens over [sinks | current chunk | window] of the cache.
+    """Attention of the current chunk's tokens over [sinks | current chunk | window] of `view`.
 
     With `write`, the chunk's un-rotated keys and values go into its ring slot (the clean pass).
     """
 
-    def __init__(self, cache: KVCache, write: bool) -> None:
+    def __init__(self, cache: KVCache, view: ChunkView, write: bool) -> None:
         self.cache = cache
+        self.view = view
         self.write = write
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        cache = self.cache
-        sinks, chunk, n = cache.cfg.prefix_tokens, cache.cfg.chunk_tokens, len(cache.active)
-        visible_k, visible_v = cache.visible_k[layer, :n], cache.visible_v[layer, :n]
+        cache, view = self.cache, self.view
+        sinks, chunk = cache.cfg.prefix_tokens, cache.cfg.chunk_tokens
+        visible_k, visible_v = view.visible_k[layer], view.visible_v[layer]
         q = kernels.apply_rope(q, *cache.current_rope)
         visible_k[:, :, sinks : sinks + chunk] = kernels.apply_rope(k, *cache.current_rope)
         visible_v[:, :, sinks : sinks + chunk] = v
         if self.write:
-            slots = cache.next_chunk[cache.active.cpu()].remainder(cache.cfg.ring_chunks).to(k.device)
-            cache.ring_k[layer, cache.active, :, slots] = k
-            cache.ring_v[layer, cache.active, :, slots] = v
-        return kernels.chunk_attention(q, visible_k, visible_v, cache.kv_lengths[:n])
+            cache.ring_k[layer, view.rows, :, view.ring_slots] = k
+            cache.ring_v[layer, view.rows, :, view.ring_slots] = v
+        return kernels.chunk_attention(q, visible_k, visible_v, view.kv_lengths)
 
 
 class PrefixAttention:

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from sonate.models.audio_codec import Vocoder
+from sonate.models.audio_codec import Vocoder, VocoderState
 from sonate.models.config import SonateConfig
 from sonate.models.errors import SonateInputError
+from sonate.models.phases import PhaseTimer, untimed
 from sonate.models.video_codec import VideoDecoder, VideoEncoder
 
 CODEC_FILES = {"vocoder": "vocoder.safetensors", "video_encoder": "video_encoder.safetensors",
@@ -63,6 +64,32 @@ class Codecs:
         for name, file in CODEC_FILES.items():
             state = getattr(self, name).state_dict()
             save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(directory / file))
+
+    @torch.no_grad()
+    def decode_chunk(
+        self,
+        audio_latents: Tensor,
+        video_latents: Tensor,
+        vocoder_states: list[VocoderState],
+        timer: PhaseTimer = untimed,
+    ) -> tuple[Tensor, Tensor, list[VocoderState]]:
+        """Decode one chunk of B sequences: the video of all of them in one batch, the audio of each from its own
+        vocoder state (one per row, each of batch 1; they are kept: a rollback decodes from the same state).
+
+        audio_latents [B, Fa, Ca], video_latents [B, Fv, C, h, w] → float32 samples [B, Fa·hop] in [-1, 1] and
+        uint8 frames [B, Fv·frames_per_latent, H, W, 3], both on the CPU, and each row's new vocoder state.
+        `timer` is called with "video_decoder", then "vocoder", as each decoder ends.
+        """
+        frames = self.video_decoder.decode(video_latents)
+        timer("video_decoder")
+        audio, states = [], []
+        for row, state in zip(audio_latents, vocoder_states, strict=True):
+            samples, state = self.vocoder.decode(row[None], state)  # samples: [1, Fa·hop]
+            audio.append(samples)
+            states.append(state)
+        samples = torch.cat(audio).cpu()
+        timer("vocoder")
+        return samples, frames, states
 
     @torch.no_grad()
     def encode_audio(self, wave: Tensor) -> Tensor:

@@ -7,6 +7,8 @@ voice replaced by a white-noise clip — as extra rows of the same batch, each b
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -15,9 +17,10 @@ import torch
 from torch import Tensor
 
 from sonate.models.audio import white_noise
-from sonate.models.cache import ChunkAttention, KVCache, PrefixAttention
+from sonate.models.cache import ChunkAttention, ChunkView, KVCache, PrefixAttention
 from sonate.models.conditioning import Conditioning
 from sonate.models.config import SonateConfig
+from sonate.models.phases import PhaseTimer, untimed
 from sonate.models.transformer import ChunkPhonemes, SonateModel
 
 
@@ -31,6 +34,17 @@ def flow_timesteps(steps: int, shift: float = 1.0) -> Tensor:
     """Flow times from 1 to 0 for `steps` Euler steps: [steps + 1]; `shift` > 1 spends more steps near noise."""
     t = torch.linspace(1.0, 0.0, steps + 1)
     return shift * t / (1 + (shift - 1) * t)
+
+
+def euler_integrate(
+    audio: Tensor, video: Tensor, schedule: Tensor, velocity: Callable[[Tensor, Tensor, float], tuple[Tensor, Tensor]]
+) -> tuple[Tensor, Tensor]:
+    """Integrate the latents from schedule[0] to schedule[-1] (flow times) with one Euler step per interval of
+    `velocity(audio, video, t)`: audio [B, Fa, Ca], video [B, Fv, C, h, w]."""
+    for t, t_next in zip(schedule[:-1].tolist(), schedule[1:].tolist(), strict=True):
+        v_a, v_v = velocity(audio, video, t)
+        audio, video = audio + (t_next - t) * v_a, video + (t_next - t) * v_v
+    return audio, video
 
 
 def chunk_noise(cfg: SonateConfig, seeds: list[int], chunks: list[int]) -> tuple[Tensor, Tensor]:
@@ -154,7 +168,6 @@ class ChunkStream:
         self.timbre = torch.zeros(rows, cfg.dim, device=param.device, dtype=param.dtype)
         self.reference = torch.zeros(rows, cfg.video_tokens_per_latent, cfg.dim, device=param.device, dtype=param.dtype)
         self.seeds = [0] * capacity
-        self.active: list[int] = []  # the slots of the chunk being made
 
     @classmethod
     def open_batch(
@@ -191,70 +204,66 @@ class ChunkStream:
         self.timbre[rows.to(self.timbre.device)] = prefix.timbre
         self.reference[rows.to(self.reference.device)] = prefix.reference
 
-    def begin(self, slots: list[int]) -> None:
-        """Gather the sinks and windows of `slots` for their next chunk; every step of that chunk reads them."""
-        self.active = slots
-        self.cache.begin_chunk(self.rows(slots))
-
-    def velocity(
-        self, audio: Tensor, video: Tensor, t: float | Tensor, phonemes: ChunkPhonemes
+    @torch.no_grad()
+    def generate(
+        self, phonemes: ChunkPhonemes, slots: list[int] | None = None, timer: PhaseTimer = untimed
     ) -> tuple[Tensor, Tensor]:
-        """Raw velocities of the active cache rows (no guidance) at flow time t (one, or one per row)."""
-        model = self.model
-        rows = self.cache.active
-        t_rows = torch.as_tensor(t, dtype=torch.float32, device=audio.device).reshape(-1, 1).expand(len(rows), 1)
-        x_a, x_v = model.embed_chunks(audio, video, phonemes, self.reference[rows])
-        mod_a, mod_v = model.modulation(t_rows, self.timbre[rows])
-        x_a, x_v = model.run_blocks(x_a, x_v, mod_a, mod_v, ChunkAttention(self.cache, write=False))
-        return model.heads(x_a, x_v, mod_a, mod_v)
+        """Make the next chunk of `slots` (default: all): clean audio latents [B, Fa, Ca], video [B, Fv, C, h, w].
 
-    def guided_velocity(
-        self, audio: Tensor, video: Tensor, t: float | Tensor, phonemes: ChunkPhonemes
-    ) -> tuple[Tensor, Tensor]:
-        """The guided velocity of each active slot: audio [B, Fa, Ca], video [B, Fv, C, h, w]."""
-        if self.branches == 1:
-            return self.velocity(audio, video, t, phonemes)
-        t_rows = torch.as_tensor(t, dtype=torch.float32).reshape(-1).expand(len(self.active)).repeat(2)
-        rows_phonemes = branch_phonemes(self.cfg, phonemes, 2)
-        v_a, v_v = self.velocity(audio.repeat(2, 1, 1), video.repeat(2, 1, 1, 1, 1), t_rows, rows_phonemes)
-        return self.guidance.combine(v_a, v_v)
-
-    @torch.no_grad()
-    def commit(self, audio: Tensor, video: Tensor, phonemes: ChunkPhonemes) -> None:
-        """The clean pass, after `begin`: write the chunk's K/V at t = 0 into every branch and advance."""
-        model = self.model
-        rows = len(self.cache.active)
-        audio, video = audio.repeat(self.branches, 1, 1), video.repeat(self.branches, 1, 1, 1, 1)
-        rows_phonemes = branch_phonemes(self.cfg, phonemes, self.branches)
-        x_a, x_v = model.embed_chunks(audio, video, rows_phonemes, self.reference[self.cache.active])
-        mod_a, mod_v = model.modulation(torch.zeros(rows, 1, device=audio.device), self.timbre[self.cache.active])
-        model.run_blocks(x_a, x_v, mod_a, mod_v, ChunkAttention(self.cache, write=True))
-        self.cache.end_chunk()
-
-    @torch.no_grad()
-    def generate(self, phonemes: ChunkPhonemes, slots: list[int] | None = None) -> tuple[Tensor, Tensor]:
-        """Make the next chunk of `slots` (default: all): clean audio latents [B, Fa, Ca], video [B, Fv, C, h, w]."""
-        audio, video = self.denoise(phonemes, slots)
-        self.commit(audio, video, phonemes)
-        return audio, video
-
-    @torch.no_grad()
-    def denoise(self, phonemes: ChunkPhonemes, slots: list[int] | None = None) -> tuple[Tensor, Tensor]:
-        """The Euler steps of `generate`, without the clean pass: the next chunk's latents, not yet in the cache
-        (`commit` writes them)."""
+        `timer` is called with "euler" when the Euler steps end and "clean" when the clean pass has written
+        the chunk into the cache (a `Laps` records each phase's seconds).
+        """
         slots = list(range(self.capacity)) if slots is None else slots
         param = next(self.model.parameters())
         # 1. start from each slot's seeded noise for its own chunk index
-        seeds = [self.seeds[slot] for slot in slots]
-        noise = chunk_noise(self.cfg, seeds, [self.chunk_index(slot) for slot in slots])
-        audio, video = (x.to(param) for x in noise)
-        # 2. gather the sinks and the windows once; every step of this chunk reads them
-        self.begin(slots)
-        # 3. Euler steps of the guided velocity from t = 1 to t = 0
-        for t, t_next in zip(self.schedule[:-1].tolist(), self.schedule[1:].tolist(), strict=True):
-            v_a, v_v = self.guided_velocity(audio, video, t, phonemes)
-            audio, video = audio + (t_next - t) * v_a, video + (t_next - t) * v_v
+        seeds, chunks = [self.seeds[slot] for slot in slots], [self.chunk_index(slot) for slot in slots]
+        audio, video = (x.to(param) for x in chunk_noise(self.cfg, seeds, chunks))  # [B, Fa, Ca], [B, Fv, C, h, w]
+        # 2. gather the sinks and windows of every branch's rows once; every step of this chunk reads them
+        view = self.cache.gather(self.rows(slots))
+        # 3. N Euler steps of the guided velocity from t = 1 (noise) to t = 0 (clean)
+        velocity = functools.partial(self.guided_velocity, phonemes=phonemes, view=view)
+        audio, video = euler_integrate(audio, video, self.schedule, velocity)
+        timer("euler")
+        # 4. the clean pass at t = 0 writes the chunk's K/V into its ring slot, in every branch
+        self.clean_pass(audio, video, phonemes, view)
+        # 5. advance: these rows make their next chunk next
+        self.cache.advance(view)
+        timer("clean")
         return audio, video
+
+    def velocity(
+        self, audio: Tensor, video: Tensor, t: float | Tensor, phonemes: ChunkPhonemes, view: ChunkView
+    ) -> tuple[Tensor, Tensor]:
+        """Raw velocities of the cache rows of `view` (no guidance) at flow time t (one, or one per row)."""
+        model = self.model
+        t_rows = torch.as_tensor(t, dtype=torch.float32, device=audio.device).reshape(-1, 1).expand(len(view.rows), 1)
+        x_a, x_v = model.embed_chunks(audio, video, phonemes, self.reference[view.rows])
+        mod_a, mod_v = model.modulation(t_rows, self.timbre[view.rows])
+        x_a, x_v = model.run_blocks(x_a, x_v, mod_a, mod_v, ChunkAttention(self.cache, view, write=False))
+        return model.heads(x_a, x_v, mod_a, mod_v)
+
+    def guided_velocity(
+        self, audio: Tensor, video: Tensor, t: float | Tensor, phonemes: ChunkPhonemes, view: ChunkView
+    ) -> tuple[Tensor, Tensor]:
+        """The guided velocity of each slot of `view`: audio [B, Fa, Ca], video [B, Fv, C, h, w]."""
+        if self.branches == 1:
+            return self.velocity(audio, video, t, phonemes, view)
+        t_rows = torch.as_tensor(t, dtype=torch.float32).reshape(-1).expand(audio.shape[0]).repeat(2)
+        rows_phonemes = branch_phonemes(self.cfg, phonemes, 2)
+        v_a, v_v = self.velocity(audio.repeat(2, 1, 1), video.repeat(2, 1, 1, 1, 1), t_rows, rows_phonemes, view)
+        return self.guidance.combine(v_a, v_v)
+
+    @torch.no_grad()
+    def clean_pass(self, audio: Tensor, video: Tensor, phonemes: ChunkPhonemes, view: ChunkView) -> None:
+        """Run the chunk's clean latents at t = 0 through every branch, writing their K/V into the ring slot of
+        `view` (the cache's position does not move: `KVCache.advance` moves it)."""
+        model = self.model
+        audio, video = audio.repeat(self.branches, 1, 1), video.repeat(self.branches, 1, 1, 1, 1)
+        rows_phonemes = branch_phonemes(self.cfg, phonemes, self.branches)
+        x_a, x_v = model.embed_chunks(audio, video, rows_phonemes, self.reference[view.rows])
+        t_rows = torch.zeros(len(view.rows), 1, device=audio.device)
+        mod_a, mod_v = model.modulation(t_rows, self.timbre[view.rows])
+        model.run_blocks(x_a, x_v, mod_a, mod_v, ChunkAttention(self.cache, view, write=True))
 
     def rollback(self, chunk: int, slots: list[int] | None = None) -> None:
         """Forget the chunks of `slots` (default: all) from `chunk` on; their next chunk is `chunk` again."""
@@ -306,13 +315,14 @@ class RecomputeStream:
         clean = (self.audio.repeat(branches, 1, 1), self.video.repeat(branches, 1, 1, 1, 1))
         clean_ids = branch_phonemes(cfg, history.select(0, chunk, cfg), branches)
         noisy_ids = branch_phonemes(cfg, phonemes, branches)
-        for t, t_next in zip(self.schedule[:-1].tolist(), self.schedule[1:].tolist(), strict=True):
+
+        def velocity(audio: Tensor, video: Tensor, t: float) -> tuple[Tensor, Tensor]:
             noisy = (audio.repeat(branches, 1, 1), video.repeat(branches, 1, 1, 1, 1))
             t_rows = torch.full((len(self.seeds) * branches, 1), t, device=audio.device)
             v_a, v_v = teacher_forward(model, prefix, clean, clean_ids, noisy, noisy_ids, t_rows, [chunk], self.window)
-            if branches == 2:
-                v_a, v_v = self.guidance.combine(v_a, v_v)
-            audio, video = audio + (t_next - t) * v_a, video + (t_next - t) * v_v
+            return self.guidance.combine(v_a, v_v) if branches == 2 else (v_a, v_v)
+
+        audio, video = euler_integrate(audio, video, self.schedule, velocity)
         self.audio, self.video = torch.cat((self.audio, audio), 1), torch.cat((self.video, video), 1)
         self.phonemes = history
         return audio, video

@@ -29,7 +29,9 @@ async def test_one_at_a_time_makes_one_chunk_per_forward_for_every_session() -> 
         sessions = [await engine.open_session(seed=i) for i in range(2)]
         for session in sessions:
             session.add_viewer()
+        deadline = asyncio.get_running_loop().time() + 60
         while engine.metrics.chunks < 8:
+            assert asyncio.get_running_loop().time() < deadline, f"{engine.metrics.chunks} of 8 chunks made in 60 s"
             await asyncio.sleep(0.05)
         log = list(engine.metrics.chunk_log)
         assert all(timing.batch_size == 1 for _, timing in log)

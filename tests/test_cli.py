@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from dataclasses import replace
@@ -16,6 +17,7 @@ from sonate.models.decoders import Codecs
 from sonate.models.espeak import TimedPhoneme
 from sonate.models.frontend import MAX_SPEAKERS, PHONEME_VOCAB_SIZE, IncrementalFrontend, PhonemeTimeline
 from sonate.models.media_io import load_audio
+from sonate.streamer.cli.main import COMMANDS, build_parser, main
 from sonate.streamer.engine.clip import generate_clip, open_clip_stream, speak_clip, speech_timeline
 from tests.conftest import small_config
 
@@ -104,10 +106,28 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], messa
     assert not (tmp_path / "x.mp4").exists()
 
 
-def test_help_explains_every_command() -> None:
-    for args in (["--help"], ["generate", "--help"], ["bench", "--help"], ["bench", "model", "--help"]):
-        result = sonate(*args)
-        assert result.returncode == 0 and "usage: sonate" in result.stdout
+def subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], str]:
+    """Every (sub-)subcommand under `parser` by its path of names, with the help its parent lists it with."""
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                found[(*path, name)] = helps.get(name) or ""
+                found |= subcommands(sub, (*path, name))
+    return found
+
+
+def test_help_explains_every_command(capsys: pytest.CaptureFixture) -> None:
+    commands = subcommands(build_parser())
+    assert {path[0] for path in commands} == set(COMMANDS)
+    assert any(len(path) == 2 for path in commands)  # the jobs of `bench`, `data` and `train` are in
+    assert [path for path, help_text in commands.items() if not help_text] == []
+    for path in [(), *commands]:
+        with pytest.raises(SystemExit) as exited:
+            main([*path, "--help"])  # as the program runs it: only that command's module is imported
+        assert exited.value.code == 0, path
+        assert capsys.readouterr().out.startswith(" ".join(("usage: sonate", *path))), path
 
 
 def test_frontend_ids_fit_the_model() -> None:

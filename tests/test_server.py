@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import wave
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,28 +24,30 @@ import av
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-import uvloop
 from aiortc import RTCConfiguration, RTCPeerConnection
+from prometheus_client import CollectorRegistry
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
+from sonate.clients import DEMO_PAGE
 from sonate.models.checkpoint import random_model
-from sonate.streamer.bench.e2e import SERVER_START_TIMEOUT_S
-from sonate.streamer.engine.engine import Engine, EngineConfig
-from sonate.streamer.engine.speech import MAX_PIECE_CHARS
+from sonate.streamer.engine.engine import Engine, EngineConfig, EngineMetrics
+from sonate.streamer.engine.timing import ChunkTiming, ComputeTiming
 from sonate.streamer.media.chunk import AVChunk
 from sonate.streamer.media.clapper import beep_times, flash_times
 from sonate.streamer.protocol import (
     KIND_AUDIO,
     KIND_VIDEO,
+    MAX_PIECE_CHARS,
     MEDIA_HEADER,
     MediaMessage,
     ProtocolError,
     parse_client_message,
     pcm16,
 )
-from sonate.streamer.server.app import ServerConfig, create_app
+from sonate.streamer.server.app import ServerConfig
+from sonate.streamer.server.launch import serve_in_background
+from sonate.streamer.server.metrics import LatencyHistograms
 from sonate.streamer.server.websocket import MEDIA_QUEUE_MESSAGES, Outbox
 from tests.conftest import small_config
 
@@ -85,34 +86,9 @@ class Served:
 def running_server(source: str = "model", max_sessions: int = 2, **config: object) -> Iterator[Served]:
     model = random_model(small_config(n_layers=1))
     engine = Engine(model, EngineConfig(max_sessions=max_sessions, source=source))
-    server_config = ServerConfig(**{"max_body_bytes": 1024 * 1024, **config})
-    app = create_app(engine, server_config)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, loop="none", ws="websockets-sansio", ws_per_message_deflate=False, log_level="warning")
-    )
-    loops: list[asyncio.AbstractEventLoop] = []
-
-    async def serve() -> None:
-        loops.append(asyncio.get_running_loop())
-        await server.serve(sockets=[sock])
-
-    thread = threading.Thread(target=uvloop.run, args=(serve(),), name="test-server", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S  # the engine starts its compute process first
-        while not server.started and time.monotonic() < deadline:
-            assert thread.is_alive(), "the server did not start"
-            threading.Event().wait(0.01)
-        assert server.started
-        yield Served(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", app, engine, loops[0])
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
-        assert not thread.is_alive(), "the server did not stop"
+    server_config = ServerConfig(**{"max_body_bytes": 1024 * 1024, "demo_page": DEMO_PAGE, **config})
+    with serve_in_background(engine, server_config) as server:
+        yield Served(server.url, "ws" + server.url.removeprefix("http"), server.app, engine, server.loop)
 
 
 @pytest.fixture
@@ -212,8 +188,9 @@ async def test_text_streamed_word_by_word_is_accepted_then_spoken_in_order(
             await asyncio.sleep(0.03)
         await send(ws, type="input.flush")
         received: list[dict] = []
-        while not any(e["type"] == "speech.done" and e["text_end"] == len(TEXT) + 1 for e in received[-1:]):
-            received.append(json.loads(await asyncio.wait_for(ws.recv(), 15)))
+        async with asyncio.timeout(60):  # the whole text is spoken well within this
+            while not any(e["type"] == "speech.done" and e["text_end"] == len(TEXT) + 1 for e in received[-1:]):
+                received.append(json.loads(await asyncio.wait_for(ws.recv(), 15)))
         accepted = [e for e in received if e["type"] == "input.accepted"]
         assert [a["id"] for a in accepted] == [w.strip() for w in words]
         assert accepted[0]["text_start"] == 0 and accepted[-1]["text_end"] == len("".join(words))
@@ -321,6 +298,21 @@ async def test_bad_messages_get_error_events_and_the_socket_stays_open(served: S
         assert updated["id"] == "u1" and updated["avatar_id"] == "default"
         await send(ws, type="input.text", text="Hi ")
         assert (await next_event(ws, "input.accepted"))["text_end"] > 0
+
+
+async def test_a_websocket_message_over_the_configured_limit_closes_the_socket() -> None:
+    limit = 2048  # bytes; the protocol itself takes pieces of up to MAX_PIECE_CHARS characters
+    assert limit < MAX_PIECE_CHARS
+    with running_server(ws_max_message_bytes=limit) as served:
+        async with httpx.AsyncClient(base_url=served.url, trust_env=False) as http:
+            session_id = await new_session(http)
+            async with session_socket(served, session_id) as ws:
+                await send(ws, type="input.text", text="a" * (limit // 2))
+                assert (await next_event(ws, "input.accepted"))["text_end"] == limit // 2
+                await send(ws, type="input.text", text="a" * limit)
+                with pytest.raises(ConnectionClosedError):
+                    await next_event(ws, "input.accepted")
+                assert ws.close_code == 1009  # message too big
 
 
 def test_client_messages_parse_and_media_frames_round_trip() -> None:
@@ -450,7 +442,7 @@ async def test_a_full_server_answers_503_with_retry_after(served: Served, http: 
 async def test_health_metrics_and_demo_page(served: Served, http: httpx.AsyncClient) -> None:
     assert (await http.get("/healthz")).json()["status"] == "ok"
     page = await http.get("/")
-    assert page.status_code == 200 and "<html" in page.text.lower()
+    assert page.status_code == 200 and page.text == DEMO_PAGE.read_text(encoding="utf-8")
     session_id = await new_session(http)
     async with session_socket(served, session_id) as ws:
         await send(ws, type="input.text", text="Hi there.")
@@ -468,10 +460,27 @@ async def test_health_metrics_and_demo_page(served: Served, http: httpx.AsyncCli
     assert samples["sonate_ttfa_seconds_count"] == 1 and samples["sonate_chunk_compute_seconds_count"] > 0
     assert samples['sonate_chunk_compute_seconds_bucket{le="+Inf"}'] == samples["sonate_chunk_compute_seconds_count"]
     assert samples['sonate_first_audio_span_seconds_count{span="euler"}'] == 1
-    euler = 'sonate_batch_span_seconds_bucket{span="euler",le="+Inf"}'
+    euler = 'sonate_batch_span_seconds_bucket{le="+Inf",span="euler"}'  # (prometheus_client sorts the labels)
     assert samples[euler] == samples['sonate_batch_span_seconds_count{span="euler"}'] > 0
     for name in ("sonate_underruns_total", "sonate_realtime_factor", 'sonate_viewers{transport="webrtc"}'):
         assert name in samples
+
+
+def test_the_latency_histograms_observe_each_batch_the_engine_recorded_once() -> None:
+    metrics, histograms = EngineMetrics(), LatencyHistograms()
+    compute = ComputeTiming(started_at=0.01, ended_at=0.08, euler=0.05)
+    timing = ChunkTiming(0, 1, sent_at=0.0, compute=compute, received_at=0.1, delivered_at=0.11)
+    collectors = CollectorRegistry()
+    for histogram in (histograms.compute, histograms.batch_spans):
+        collectors.register(histogram)
+    for batches in (3, 0, 1):  # follow after three batches, after none, after one more
+        for _ in range(batches):
+            metrics.batch_timings.append(timing)
+        histograms.follow(metrics)
+    assert collectors.get_sample_value("sonate_chunk_compute_seconds_count") == 4
+    assert collectors.get_sample_value("sonate_chunk_compute_seconds_sum") == pytest.approx(4 * 0.1)
+    assert collectors.get_sample_value("sonate_batch_span_seconds_sum", {"span": "euler"}) == pytest.approx(4 * 0.05)
+    assert collectors.get_sample_value("sonate_batch_span_seconds_count", {"span": "deliver"}) == 4
 
 
 # --- lifetimes: expiry, vanishing clients, cleanup ---------------------------------------------------------------

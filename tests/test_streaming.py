@@ -54,21 +54,22 @@ def test_streaming_equals_one_pass(guided: bool, window: int) -> None:
     )
     with torch.no_grad():
         for k in range(chunks):
-            stream.begin(list(range(batch)))
+            view = stream.cache.gather(stream.rows(list(range(batch))))
             a, v = chunk_slice(cfg, noisy, k)
             a, v = a.repeat(branches, 1, 1), v.repeat(branches, 1, 1, 1, 1)
             ph = branch_phonemes(cfg, phonemes.select(k, 1, cfg), branches)
-            got = stream.velocity(a, v, t[:, k].repeat(branches), ph)
+            got = stream.velocity(a, v, t[:, k].repeat(branches), ph, view)
             want = chunk_slice(cfg, expected, k)
             for g, w in zip(got, want, strict=True):
                 assert (g - w).abs().max() <= TOLERANCE
                 assert w.abs().mean() > 100 * TOLERANCE  # the velocities are not trivially small
             if guided:
-                ga, gv = stream.guided_velocity(*chunk_slice(cfg, noisy, k), t[:, k], phonemes.select(k, 1, cfg))
+                ga, gv = stream.guided_velocity(*chunk_slice(cfg, noisy, k), t[:, k], phonemes.select(k, 1, cfg), view)
                 (ca, na), (cv, nv) = want[0].chunk(2), want[1].chunk(2)
                 assert (ga - (na + 2.0 * (ca - na))).abs().max() <= TOLERANCE
                 assert (gv - (nv + 1.5 * (cv - nv))).abs().max() <= TOLERANCE
-            stream.commit(*chunk_slice(cfg, clean, k), phonemes.select(k, 1, cfg))
+            stream.clean_pass(*chunk_slice(cfg, clean, k), phonemes.select(k, 1, cfg), view)
+            stream.cache.advance(view)
 
 
 def test_velocity_depends_on_the_context_it_should(model: SonateModel, cfg: SonateConfig) -> None:
@@ -179,15 +180,16 @@ def test_ring_equals_list_reference() -> None:
         model.prefix_tokens(prefix, reference.prefix())
         for k in range(chunks):
             ph = phonemes.select(k, 1, cfg)
-            stream.begin(list(range(batch)))
-            got = stream.velocity(*chunk_slice(cfg, noisy, k), 0.7, ph)
+            view = stream.cache.gather(stream.rows(list(range(batch))))
+            got = stream.velocity(*chunk_slice(cfg, noisy, k), 0.7, ph, view)
             x_a, x_v = model.embed_chunks(*chunk_slice(cfg, noisy, k), ph, prefix.reference)
             mod_a, mod_v = model.modulation(torch.full((batch, 1), 0.7), prefix.timbre)
             x_a, x_v = model.run_blocks(x_a, x_v, mod_a, mod_v, reference.chunk(k, write=False))
             want = model.heads(x_a, x_v, mod_a, mod_v)
             for g, w in zip(got, want, strict=True):
                 assert (g - w).abs().max() <= TOLERANCE
-            stream.commit(*chunk_slice(cfg, clean, k), ph)
+            stream.clean_pass(*chunk_slice(cfg, clean, k), ph, view)
+            stream.cache.advance(view)
             x_a, x_v = model.embed_chunks(*chunk_slice(cfg, clean, k), ph, prefix.reference)
             mod_a, mod_v = model.modulation(torch.zeros(batch, 1), prefix.timbre)
             model.run_blocks(x_a, x_v, mod_a, mod_v, reference.chunk(k, write=True))

@@ -175,7 +175,7 @@ def test_timbres_are_distinct_and_described() -> None:
     assert WorldConfig().timbres >= 200 and WorldConfig().avatars >= 200
 
 
-def test_the_default_world_has_200_distinct_timbres() -> None:
+def test_240_timbres_as_many_as_the_default_world_are_distinct() -> None:
     timbres = sample_timbres(240, np.random.default_rng(0), 16000, ["train"] * 240)
     assert len({(t.variant, t.pitch, t.pitch_range, t.rate_wpm, t.tract) for t in timbres}) == 240
 

@@ -13,14 +13,16 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from tqdm import tqdm
+
 from sonate.models.decoders import Codecs
 from sonate.models.errors import SonateInputError
 from sonate.models.sampler import Guidance
 from sonate.models.transformer import SonateModel
+from sonate.streamer.bench import BAR_FORMAT, advance
 from sonate.streamer.bench.common import add_model_arguments, load_bench_model, preset_name
 from sonate.streamer.bench.e2e import E2EConfig, bench_e2e
 from sonate.streamer.bench.plots import plot_capacity
-from sonate.streamer.bench.progress import ProgressBar
 from sonate.streamer.bench.report import Report, run_info, write_outputs
 
 MODES = {"continuous batching": None, "one at a time": 1}  # mode → EngineConfig.max_batch
@@ -104,11 +106,11 @@ def add_bench_capacity_parser(bench_subcommands: argparse._SubParsersAction) -> 
 
 def _run(args: argparse.Namespace) -> None:
     model, codecs = load_bench_model(args.checkpoint, args.preset)
-    bar = ProgressBar("capacity", every_s=0.0)
+    bar = tqdm(desc="capacity", unit="sessions", bar_format=BAR_FORMAT)
     if args.steps is not None and args.steps < 1:
         raise SonateInputError("--steps must be at least 1")
     result = bench_capacity(model, codecs, args.max_sessions, args.seconds, args.steps,
                             Guidance() if args.no_cfg else None,
-                            lambda mode, n: bar.update(n, args.max_sessions, f"{mode}: {n} session(s)"))  # fmt: skip
+                            lambda mode, n: advance(bar, n, args.max_sessions, mode))  # fmt: skip
     bar.close()
     write_outputs(result, capacity_report(result), args.json, {"ramp": lambda path: plot_capacity(result, path)})

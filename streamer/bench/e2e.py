@@ -22,22 +22,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import multiprocessing
 import os
 import resource
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import uvicorn
-import uvloop
+from tqdm import tqdm
 
 from sonate.clients.client import ClientOptions, ClientSession, SonateClient
 from sonate.clients.latency import SpeechLatency
@@ -45,16 +41,16 @@ from sonate.models.decoders import Codecs
 from sonate.models.errors import SonateInputError
 from sonate.models.sampler import ChunkStream, Guidance
 from sonate.models.transformer import SonateModel
+from sonate.streamer.bench import BAR_FORMAT, advance
 from sonate.streamer.bench.breakdown import first_audio_breakdown
 from sonate.streamer.bench.common import add_model_arguments, load_bench_model, preset_name, torch_threads
 from sonate.streamer.bench.plots import plot_stacked_spans, plot_waterfall
-from sonate.streamer.bench.progress import ProgressBar
 from sonate.streamer.bench.report import Report, run_info, write_outputs
 from sonate.streamer.engine.clip import speak_clip, speech_timeline
 from sonate.streamer.engine.engine import SOURCES, Engine, EngineConfig
 from sonate.streamer.engine.reference_media import session_conditioning
 from sonate.streamer.media.clapper import av_offsets, beep_times, flash_times
-from sonate.streamer.server.app import ServerConfig, create_app
+from sonate.streamer.server.launch import serve_in_background
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +60,6 @@ TURN_GAP_S = 1.0  # pause after each sentence's speech.done before the next sent
 STAGGER_S = 0.7  # client i starts i times this later (s)
 SYNC_SECONDS = 6.0  # seconds each client watches the clapper in the sync phase
 FIRST_MEDIA_TIMEOUT_S = 15.0  # seconds for a client's first WebRTC frames
-SERVER_START_TIMEOUT_S = 30.0
 SENTENCES = (
     "Hello there, it is good to see you again, and I hope your morning went well.",
     "The weather today looks calm and mild, with a light breeze coming in from the sea.",
@@ -134,42 +129,6 @@ class SessionRun:
     sentences: dict[int, str] = field(default_factory=dict)  # text start → the sentence sent there
 
 
-# --- the server in a thread ------------------------------------------------------------------------------------
-
-
-@dataclass
-class LocalServer:
-    """A server running in this process: its URL and engine."""
-
-    url: str
-    engine: Engine
-
-
-@contextlib.contextmanager
-def local_server(engine: Engine, config: ServerConfig | None = None) -> Iterator[LocalServer]:
-    """Serve `engine` on a free loopback port from a thread with its own (uvloop) event loop until the block ends."""
-    app = create_app(engine, config or ServerConfig())
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, loop="none", ws="websockets-sansio", ws_per_message_deflate=False, log_level="warning")
-    )
-    thread = threading.Thread(target=uvloop.run, args=(server.serve(sockets=[sock]),), name="sonate-bench-server")
-    thread.start()
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the benchmark's server did not start; see the log above")
-            time.sleep(0.01)
-        yield LocalServer(f"http://127.0.0.1:{port}", engine)
-    finally:
-        server.should_exit = True
-        thread.join()
-        sock.close()
-
-
 # --- the benchmark ---------------------------------------------------------------------------------------------
 
 
@@ -194,7 +153,7 @@ def bench_e2e(model: SonateModel, config: E2EConfig, codecs: Codecs | None = Non
             guidance=config.guidance,
         )
         engine = Engine(model, engine_config, codecs)
-        with local_server(engine) as server:
+        with serve_in_background(engine) as server:
             if config.warmup:
                 warmup = E2EConfig(seconds=0.1, tokens_per_second=config.tokens_per_second, sync_seconds=0)
                 clients.submit(run_conversations, server.url, warmup).result()
@@ -212,7 +171,7 @@ def bench_e2e(model: SonateModel, config: E2EConfig, codecs: Codecs | None = Non
         sync: dict = {"av_offsets_ms": [], "av_arrival_offsets_ms": [], "sync_underruns": 0}
         if config.sync_seconds > 0:
             clapper = Engine(model, EngineConfig(max_sessions=config.sessions, source="clapper"))
-            with local_server(clapper) as server:
+            with serve_in_background(clapper) as server:
                 sync = clients.submit(run_clapper_watch, server.url, config).result()
     return _report(model, config, speech, sync, load_before)
 
@@ -224,13 +183,13 @@ def _measure_engine(engine: Engine, clients: Future[tuple[list[SessionRun], floa
     before = (metrics.compute_seconds, metrics.media_seconds, metrics.batches, engine.underruns, _cpu_seconds(),
               _cpu_seconds(engine.compute_pid))  # fmt: skip
     started = time.monotonic()
-    bar = ProgressBar("conversations")
+    bar = tqdm(desc="conversations", unit="s", bar_format=BAR_FORMAT)
     while True:
         try:
             runs, clients_cpu_seconds = clients.result(timeout=1.0)
             break
         except TimeoutError:
-            bar.update(min(round(time.monotonic() - started), round(seconds)), round(seconds), "s")
+            advance(bar, min(round(time.monotonic() - started), round(seconds)), round(seconds))
     bar.close()
     ended = time.monotonic()
     wall = ended - started
@@ -435,7 +394,7 @@ def whole_sentence_ms(model: SonateModel, codecs: Codecs, sentences: list[str], 
     guidance = config.guidance or Guidance.of(model.cfg)
     cond = session_conditioning(model, codecs, None, None, "")
     timings = {}
-    bar = ProgressBar("whole sentences")
+    bar = tqdm(desc="whole sentences", unit="sentences", bar_format=BAR_FORMAT)
     with torch_threads(config.threads):
         warmed = [sentences[0], *sentences] if sentences else []  # the first twice: its first timing is replaced
         for done, sentence in enumerate(warmed):
@@ -443,7 +402,7 @@ def whole_sentence_ms(model: SonateModel, codecs: Codecs, sentences: list[str], 
             started = time.perf_counter()
             clip = speak_clip(stream, codecs, speech_timeline(sentence))
             timings[sentence] = (time.perf_counter() - started + clip.speech_start_s) * 1e3
-            bar.update(done + 1, len(sentences) + 1, "generated")
+            advance(bar, done + 1, len(sentences) + 1)
     bar.close()
     return timings
 

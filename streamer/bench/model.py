@@ -31,12 +31,14 @@ from sonate.models.conditioning import Conditioning
 from sonate.models.config import SonateConfig
 from sonate.models.decoders import Codecs
 from sonate.models.errors import SonateInputError
+from sonate.models.phases import Laps
 from sonate.models.sampler import (
     ChunkStream,
     Guidance,
     branch_conditioning,
     branch_phonemes,
     chunk_noise,
+    euler_integrate,
     flow_timesteps,
 )
 from sonate.models.teacher_forcing import teacher_forward
@@ -114,17 +116,15 @@ def _bench(
     # 1. stream every chunk, keeping the last W + 1 outputs: the last chunk and its clean context
     outputs: deque[tuple[Tensor, Tensor]] = deque(maxlen=cfg.window_chunks + 1)
     chunk_ms, decoder_ms = [], []
-    vocoder_state = codecs.vocoder.init_state(1)
+    vocoder_states = [codecs.vocoder.init_state(1)]
     for chunk in range(total_chunks):
         out, ms = _timed(lambda c=chunk: stream.generate(phonemes.select(c, 1, cfg)), param.device)
         outputs.append(out)
-        (_, vocoder_state), audio_ms = _timed(
-            lambda o=out, s=vocoder_state: codecs.vocoder.decode(o[0].float(), s), param.device
-        )
-        _, video_ms = _timed(lambda o=out: codecs.video_decoder.decode(o[1].float()), param.device)
+        laps = Laps(sync=functools.partial(_synchronize, param.device))
+        *_, vocoder_states = codecs.decode_chunk(*out, vocoder_states, timer=laps)
         if chunk >= warmup_chunks:
             chunk_ms.append(ms)
-            decoder_ms.append((audio_ms, video_ms))
+            decoder_ms.append((laps.seconds["vocoder"] * 1000, laps.seconds["video_decoder"] * 1000))
 
     # 2. the last chunk again, cached and uncached, alternating so drift hits both alike
     context = list(outputs)[:-1]
@@ -262,15 +262,15 @@ def recompute_chunk(
     window = clean_latents[0].shape[1] // model.cfg.chunk_audio_latents
     clean_rows = tuple(_repeat_rows(x, rows) for x in clean_latents)
     clean_phonemes, phonemes = (branch_phonemes(model.cfg, ids, rows) for ids in (clean_phonemes, phonemes))
-    for t, t_next in zip(schedule[:-1].tolist(), schedule[1:].tolist(), strict=True):
+
+    def velocity(audio: Tensor, video: Tensor, t: float) -> tuple[Tensor, Tensor]:
         prefix = model.conditioning(cond)
         noisy = (_repeat_rows(audio, rows), _repeat_rows(video, rows))
         noisy_t = torch.full((rows, 1), t, device=audio.device)
         v_a, v_v = teacher_forward(model, prefix, clean_rows, clean_phonemes, noisy, phonemes, noisy_t, [window])
-        if rows == 2:
-            v_a, v_v = guidance.combine(v_a, v_v)
-        audio, video = audio + (t_next - t) * v_a, video + (t_next - t) * v_v
-    return audio, video
+        return guidance.combine(v_a, v_v) if rows == 2 else (v_a, v_v)
+
+    return euler_integrate(audio, video, schedule, velocity)
 
 
 def _repeat_rows(x: Tensor, rows: int) -> Tensor:

@@ -13,17 +13,20 @@ from __future__ import annotations
 import argparse
 import itertools
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+
+from tqdm import tqdm
 
 from sonate.models.config import SonateConfig
 from sonate.models.decoders import Codecs
 from sonate.models.errors import SonateInputError
 from sonate.models.sampler import Guidance
 from sonate.models.transformer import SonateModel
+from sonate.streamer.bench import BAR_FORMAT, advance
 from sonate.streamer.bench.common import add_model_arguments, load_bench_model, preset_name
 from sonate.streamer.bench.e2e import E2EConfig, bench_e2e
 from sonate.streamer.bench.plots import pareto_front, plot_pareto
-from sonate.streamer.bench.progress import ProgressBar
 from sonate.streamer.bench.report import Report, run_info, write_outputs
 
 QUALITY = ("sync_confidence", "wer", "sim")
@@ -165,9 +168,9 @@ def _cfg_modes(text: str) -> list[bool]:
 
 def _run(args: argparse.Namespace) -> None:
     model, codecs = load_bench_model(args.checkpoint, args.preset)
-    bar = ProgressBar("sweep", every_s=0.0)
+    bar = tqdm(desc="sweep", unit="points", bar_format=BAR_FORMAT)
     result = bench_sweep(model, codecs, args.chunk_latents, args.steps, args.cfg, args.sessions, args.seconds,
-                         args.data, args.max_clips, bar.update)  # fmt: skip
+                         args.data, args.max_clips, partial(advance, bar))  # fmt: skip
     bar.close()
     plots = {}
     if result["quality_clips"]:

@@ -9,8 +9,10 @@ import argparse
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from sonate.models.errors import SonateInputError
-from sonate.streamer.bench.progress import ProgressBar
+from sonate.streamer.bench import BAR_FORMAT, advance
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,12 +66,12 @@ def _run_make(args: argparse.Namespace) -> None:
         clips_per_shard=args.clips_per_shard,
         image_size=args.image_size,
     )
-    bar = ProgressBar("data make")
+    bar = tqdm(desc="data make", unit="clips", bar_format=BAR_FORMAT)
     started = time.perf_counter()
 
     def progress(done: int, total: int, seconds: float) -> None:
         elapsed = time.perf_counter() - started
-        bar.update(done, total, f"clips, {seconds / 3600:.3f} h, {seconds / max(elapsed, 1e-9):.1f}x real time,")
+        advance(bar, done, total, f"{seconds / 3600:.3f} h, {seconds / max(elapsed, 1e-9):.1f}x real time")
 
     manifest = make_world(args.out, config, workers=args.workers, progress=progress)
     bar.close()

@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 from typing import get_args
 
+from tqdm import tqdm
+
 from sonate.models.errors import SonateInputError
-from sonate.streamer.bench.progress import ProgressBar
+from sonate.streamer.bench import BAR_FORMAT, advance
 from sonate.streamer.engine.evaluation import Timing
 
 
@@ -59,13 +61,13 @@ def _run_eval(args: argparse.Namespace) -> None:
     system, random_weights = None, False
     if args.checkpoint != GROUND_TRUTH:
         system, random_weights = checkpoint_system(args.checkpoint, args.seed, args.steps, args.one_pass, args.timing)
-    bar = ProgressBar("eval")
+    bar = tqdm(desc="eval", unit="clips", bar_format=BAR_FORMAT)
     result = evaluate(
         args.data,
         system,
         split=args.split,
         max_clips=args.max_clips,
-        progress=lambda done, total: bar.update(done, total, "clips,"),
+        progress=lambda done, total: advance(bar, done, total),
     )
     bar.close()
     result = {"checkpoint": args.checkpoint, "random_weights": random_weights, "one_pass": args.one_pass,

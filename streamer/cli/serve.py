@@ -33,11 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    import uvicorn
-
+    from sonate.clients import DEMO_PAGE
     from sonate.models.checkpoint import load_checkpoint
     from sonate.streamer.engine.engine import Engine, EngineConfig
-    from sonate.streamer.server.app import ServerConfig, create_app
+    from sonate.streamer.server.config import ServerConfig
+    from sonate.streamer.server.launch import serve
 
     if args.max_sessions < 1 or args.session_timeout <= 0 or not 0 < args.port < 65536:
         raise SonateInputError("--max-sessions must be at least 1, --session-timeout positive and --port in 1..65535")
@@ -47,19 +47,8 @@ def run(args: argparse.Namespace) -> None:
     engine = Engine(
         checkpoint.model, EngineConfig(max_sessions=args.max_sessions, source=args.source), checkpoint.codecs
     )
-    config = ServerConfig(host=args.host, port=args.port, session_timeout_s=args.session_timeout)
-    app = create_app(engine, config)
+    config = ServerConfig(host=args.host, port=args.port, session_timeout_s=args.session_timeout, demo_page=DEMO_PAGE)
     shown_host = "localhost" if args.host in ("0.0.0.0", "::", "") else args.host
     shown_host = f"[{shown_host}]" if ":" in shown_host else shown_host  # an IPv6 address
     print(f"sonate: demo page at http://{shown_host}:{args.port}/ (Ctrl-C stops)", flush=True)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        loop="uvloop",
-        ws="websockets-sansio",  # the websockets library's implementation (`websockets` is its deprecated legacy one)
-        ws_max_size=config.ws_max_message_bytes,
-        ws_per_message_deflate=False,  # media is JPEG and PCM: compressing it costs CPU for nothing
-        log_level=args.log_level,
-        timeout_graceful_shutdown=5,
-    )
+    serve(engine, config, log_level=args.log_level)

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from tqdm import tqdm
 
 from sonate.models.errors import SonateInputError
-from sonate.streamer.bench.progress import ProgressBar
+from sonate.streamer.bench import BAR_FORMAT, advance
 
 if TYPE_CHECKING:
     from sonate.models.config import SonateConfig
@@ -77,7 +78,7 @@ def _run_train_codecs(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     world = World(args.data)
     started = time.perf_counter()
-    bar = ProgressBar("vocoder")
+    bar = tqdm(desc="vocoder", unit="steps", bar_format=BAR_FORMAT)
     vocoder = train_vocoder(
         world,
         args.vocoder_steps,
@@ -85,17 +86,17 @@ def _run_train_codecs(args: argparse.Namespace) -> None:
         segment_seconds=1.0,
         lr=3e-3,
         seed=args.seed,
-        progress=lambda step, steps, loss: bar.update(step, steps, f"stft {loss['stft']:.3f} mel {loss['mel']:.3f}"),
+        progress=lambda step, steps, loss: advance(bar, step, steps, f"stft {loss['stft']:.3f} mel {loss['mel']:.3f}"),
     )
     bar.close()
-    bar = ProgressBar("video autoencoder")
+    bar = tqdm(desc="video autoencoder", unit="steps", bar_format=BAR_FORMAT)
     encoder, decoder = train_video_autoencoder(
         world,
         args.video_steps,
         batch=8,
         lr=2e-3,
         seed=args.seed,
-        progress=lambda step, loss: bar.update(step + 1, args.video_steps, f"loss {loss:.4f}"),
+        progress=lambda step, loss: advance(bar, step + 1, args.video_steps, f"loss {loss:.4f}"),
     )
     bar.close()
     Codecs(vocoder, encoder, decoder).save(args.out)
@@ -146,11 +147,11 @@ def _run_train_model(args: argparse.Namespace) -> None:
                 torch.manual_seed(args.seed)  # every rank starts from the same weights
                 model = random_model(cfg, seed=args.seed).float().train()
                 init_for_training(model)
-        bar = ProgressBar("train")
+        bar = tqdm(desc="train", unit="steps", bar_format=BAR_FORMAT)
         log = (out / "log.jsonl").open("a") if ranks.rank == 0 else None
 
         def on_step(report: TrainReport) -> None:
-            bar.update(report.step, args.steps, f"loss {report.loss:.4f} ({report.windows_per_s:.1f} windows/s)")
+            advance(bar, report.step, args.steps, f"loss {report.loss:.4f} ({report.windows_per_s:.1f} windows/s)")
             log.write(json.dumps(report.__dict__) + "\n")
             log.flush()
 
@@ -180,14 +181,14 @@ def _encoded(
     limit = max_clips if split == "train" else None
     path = out / f"encoded-{split}-{limit or 'all'}.pt"
     if ranks.rank == 0 and not path.is_file():
-        bar = ProgressBar(f"encode {split}")
+        bar = tqdm(desc=f"encode {split}", unit="clips", bar_format=BAR_FORMAT)
         data = encode_split(
             cfg,
             world,
             split,
             codecs,
             limit,
-            progress=lambda done, total: bar.update(done, total, "clips"),
+            progress=lambda done, total: advance(bar, done, total),
         )
         bar.close()
         torch.save(data, path.with_suffix(".tmp"))

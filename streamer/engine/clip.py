@@ -111,13 +111,13 @@ def speak_clip(
     else:
         n_frames = round(seconds * cfg.video_fps)
     chunks = max(1, math.ceil(n_frames / cfg.chunk_video_frames))
-    vocoder_state = codecs.vocoder.init_state(1)
+    vocoder_states = [codecs.vocoder.init_state(1)]
     audio, frames = [], []
     for chunk in range(chunks):
         audio_latents, video_latents = stream.generate(chunk_phonemes(cfg, [timeline], chunk, 1))
-        samples, vocoder_state = codecs.vocoder.decode(audio_latents, vocoder_state)
+        samples, chunk_frames, vocoder_states = codecs.decode_chunk(audio_latents, video_latents, vocoder_states)
         audio.append(samples[0].numpy())
-        frames.append(codecs.video_decoder.decode(video_latents)[0].numpy())
+        frames.append(chunk_frames[0].numpy())
     log.info("generated %d chunks for %.2f s of speech", chunks, timeline.duration_s)
     samples_per_frame = cfg.sample_rate // cfg.video_fps
     speech_start_s = next((p.start_s for p in timeline.phonemes if not p.is_pause), timeline.duration_s)

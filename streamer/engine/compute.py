@@ -28,6 +28,7 @@ import torch
 
 from sonate.models.audio_codec import VocoderState
 from sonate.models.decoders import Codecs
+from sonate.models.phases import Laps
 from sonate.models.sampler import ChunkStream, Guidance
 from sonate.models.transformer import ChunkPhonemes, SonateModel
 from sonate.streamer.engine.reference_media import session_conditioning
@@ -97,37 +98,34 @@ class ChunkMaker:
     ) -> tuple[list[AVChunk], ComputeTiming]:
         """Apply the (slot, chunk) rollbacks, then make every request's chunk in one batch and decode it;
         returns the chunks and how long each part took."""
-        timing = ComputeTiming(time.monotonic(), 0.0)
+        started_at = time.monotonic()
         if self.setup.source == "clapper":
             chunks = [self._clapper_chunk(request) for request in requests]
-            timing.ended_at = time.monotonic()
-            return chunks, timing
-        cfg = self.cfg
+            return chunks, ComputeTiming(started_at, time.monotonic())
         for slot, chunk in rollbacks:
             self.stream.rollback(chunk, [slot])
-        slots = [request.slot for request in requests]
         for request in requests:
             assert self.stream.chunk_index(request.slot) == request.chunk, "session and cache disagree"
         phonemes = ChunkPhonemes.cat([r.phonemes for r in requests])
-        started = time.monotonic()
-        audio_latents, video_latents = self.stream.denoise(phonemes, slots)
-        timing.euler, started = _since(started)
-        self.stream.commit(audio_latents, video_latents, phonemes)
-        timing.clean, started = _since(started)
-        frames = self.codecs.video_decoder.decode(video_latents).numpy()
-        timing.video_decoder, started = _since(started)
-        audios = []
-        for i, request in enumerate(requests):
-            states = self.vocoder_states[request.slot]
-            state = states.get(request.chunk - 1, self.codecs.vocoder.init_state(1))
-            audio, states[request.chunk] = self.codecs.vocoder.decode(audio_latents[i : i + 1], state)
-            for old in [c for c in states if c < request.chunk - cfg.max_rollback_chunks - 1]:
-                del states[old]
-            audios.append(audio[0].numpy())
-        timing.vocoder, _ = _since(started)
-        chunks = [self._chunk(r, audio, frames[i]) for i, (r, audio) in enumerate(zip(requests, audios, strict=True))]
-        timing.ended_at = time.monotonic()
-        return chunks, timing
+        laps = Laps()  # the seconds of each of COMPUTE_SPANS
+        audio_latents, video_latents = self.stream.generate(phonemes, [r.slot for r in requests], timer=laps)
+        states = [self._vocoder_state(r.slot, r.chunk - 1) for r in requests]
+        audio, frames, states = self.codecs.decode_chunk(audio_latents, video_latents, states, timer=laps)
+        for request, state in zip(requests, states, strict=True):
+            self._keep_vocoder_state(request.slot, request.chunk, state)
+        chunks = [self._chunk(r, audio[i].numpy(), frames[i].numpy()) for i, r in enumerate(requests)]
+        return chunks, ComputeTiming(started_at, time.monotonic(), **laps.seconds)
+
+    def _vocoder_state(self, slot: int, chunk: int) -> VocoderState:
+        """`slot`'s vocoder state after `chunk`; a fresh one where none is kept (before chunk 0)."""
+        return self.vocoder_states[slot].get(chunk, self.codecs.vocoder.init_state(1))
+
+    def _keep_vocoder_state(self, slot: int, chunk: int, state: VocoderState) -> None:
+        """Keep `slot`'s state after `chunk`, and forget those no rollback can return to."""
+        states = self.vocoder_states[slot]
+        states[chunk] = state
+        for old in [c for c in states if c < chunk - self.cfg.max_rollback_chunks - 1]:
+            del states[old]
 
     def _clapper_chunk(self, request: ChunkRequest) -> AVChunk:
         """The clapper's media for a request, in place of the model's (the model's cache is never touched)."""
@@ -140,12 +138,6 @@ class ChunkMaker:
         cfg = self.cfg
         return AVChunk(request.chunk, request.chunk * cfg.chunk_seconds, audio, frames, cfg.sample_rate,
                        cfg.video_fps, *request.text_span)  # fmt: skip
-
-
-def _since(started: float) -> tuple[float, float]:
-    """(seconds since the monotonic time `started`, now)."""
-    now = time.monotonic()
-    return now - started, now
 
 
 class ComputeProcess:

@@ -9,11 +9,11 @@ network pacing stays on time and the forward never waits for the GIL.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,15 +25,7 @@ from sonate.models.sampler import Guidance, chunk_phonemes
 from sonate.models.transformer import SonateModel
 from sonate.streamer.engine.compute import ChunkRequest, ComputeProcess, ComputeSetup
 from sonate.streamer.engine.session import Session
-from sonate.streamer.engine.timing import (
-    BATCH_SPANS,
-    FIRST_AUDIO_SPANS,
-    KEPT_BREAKDOWNS,
-    KEPT_CHUNKS,
-    ChunkTiming,
-    FirstAudio,
-    SpanHistograms,
-)
+from sonate.streamer.engine.timing import KEPT_BATCHES, KEPT_BREAKDOWNS, KEPT_CHUNKS, ChunkTiming, FirstAudio, Recent
 from sonate.streamer.media.playout import TICK
 
 log = logging.getLogger(__name__)
@@ -44,6 +36,10 @@ SOURCES = ("model", "clapper")  # EngineConfig.source: what makes each chunk's m
 
 class EngineFull(SonateInputError):
     """Every session slot is taken; try again later."""
+
+
+class EngineFailed(RuntimeError):
+    """The engine stopped serving because its scheduler or announcer failed; `Engine.failure` says why."""
 
 
 @dataclass
@@ -86,9 +82,8 @@ class EngineMetrics:
     chunk_seconds: list[float] = field(default_factory=list)  # compute time per batch, last 1000
     ttfa_seconds: list[float] = field(default_factory=list)  # text → first speech played, last 1000
     closed_underruns: int = 0
-    batch_spans: SpanHistograms = field(default_factory=lambda: SpanHistograms(BATCH_SPANS))
-    first_audio_spans: SpanHistograms = field(default_factory=lambda: SpanHistograms(FIRST_AUDIO_SPANS))
-    first_audio: list[FirstAudio] = field(default_factory=list)  # breakdowns of time to first audio, newest last
+    batch_timings: Recent[ChunkTiming] = field(default_factory=lambda: Recent(KEPT_BATCHES))  # one per batch
+    first_audio: Recent[FirstAudio] = field(default_factory=lambda: Recent(KEPT_BREAKDOWNS))  # time to first audio
     chunk_log: deque[tuple[str, ChunkTiming]] = field(default_factory=lambda: deque(maxlen=KEPT_CHUNKS))
 
     def observe_batch(self, seconds: float, chunks: int, media_seconds: float) -> None:
@@ -102,8 +97,7 @@ class EngineMetrics:
         self.ttfa_seconds = [*self.ttfa_seconds[-999:], seconds]
 
     def observe_first_audio(self, breakdown: FirstAudio) -> None:
-        self.first_audio = [*self.first_audio[-(KEPT_BREAKDOWNS - 1) :], breakdown]
-        self.first_audio_spans.observe(breakdown.spans)
+        self.first_audio.append(breakdown)
 
     @property
     def rtf(self) -> float:
@@ -146,6 +140,7 @@ class Engine:
         self._compute: ComputeProcess | None = None
         self._scheduler: asyncio.Task | None = None
         self._announcer: asyncio.Task | None = None
+        self._failure: str | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -156,22 +151,26 @@ class Engine:
         compute = ComputeProcess(self._setup)
         await compute.start()
         self._compute = compute
-        self._scheduler = asyncio.create_task(self._run(), name="sonate-scheduler")
-        self._announcer = asyncio.create_task(self._announce(), name="sonate-announcer")
+        self._scheduler = asyncio.create_task(self._supervise("scheduler", self._run), name="sonate-scheduler")
+        self._announcer = asyncio.create_task(self._supervise("announcer", self._announce), name="sonate-announcer")
 
     async def stop(self) -> None:
-        """Close every session, stop the scheduler and the compute process; safe to call twice."""
-        for session in list(self.sessions.values()):
-            await self.close_session(session)
-        for task in (self._scheduler, self._announcer):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        """Close every session, stop the scheduler and the announcer, then the compute process whatever they
+        did (what they raised is logged); safe to call twice."""
+        tasks = [task for task in (self._scheduler, self._announcer) if task is not None]
         self._scheduler = self._announcer = None
-        if self._compute is not None:
-            await self._compute.stop()
-            self._compute = None
+        try:
+            for session in list(self.sessions.values()):
+                await self.close_session(session)
+            for task in tasks:
+                task.cancel()
+            for task, result in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
+                if isinstance(result, Exception):
+                    log.error("%s ended with an error", task.get_name(), exc_info=result)
+        finally:
+            compute, self._compute = self._compute, None
+            if compute is not None:
+                await compute.stop()
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -225,15 +224,15 @@ class Engine:
         await self._in_compute("condition", session.slot, references[1], references[2], references[0])
         session.references = references
 
-    async def close_session(self, session: Session) -> None:
-        """Free a session's slot and end its iterators; safe to call twice."""
+    async def close_session(self, session: Session, reason: str = "closed") -> None:
+        """Free a session's slot and end its iterators, closed for `reason`; safe to call twice."""
         if self.sessions.pop(session.id, None) is None:
             return
         self.metrics.closed_underruns += session.playout.underruns
-        session.finish()
+        session.finish(reason)
         self._rollbacks = [(slot, chunk) for slot, chunk in self._rollbacks if slot != session.slot]
         self._free_slots.append(session.slot)
-        log.info("session %s closed", session.id)
+        log.info("session %s closed: %s", session.id, reason)
 
     def request_rollback(self, session: Session, chunk: int) -> None:
         """Roll the session's cache back to `chunk` before its next chunk is made."""
@@ -254,6 +253,11 @@ class Engine:
         return max(recent)
 
     @property
+    def failure(self) -> str | None:
+        """Why the engine stopped serving (its scheduler or announcer failed); None while it is healthy."""
+        return self._failure
+
+    @property
     def compute_pid(self) -> int | None:
         """Process id of the compute process while the engine runs (for CPU accounting)."""
         return self._compute.pid if self._compute is not None else None
@@ -265,24 +269,34 @@ class Engine:
 
     # --- scheduling --------------------------------------------------------------------------------------------
 
-    async def _run(self) -> None:
+    async def _supervise(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run the engine's long-lived task `name` (the scheduler, the announcer) until it is cancelled; if it
+        fails, log it with its traceback and fail the engine: nothing would make or announce chunks any more."""
         try:
-            while True:
-                self._wake.clear()
-                due = self._due_sessions(time.monotonic())
-                if not due:
-                    try:
-                        async with asyncio.timeout(TICK):
-                            await self._wake.wait()
-                    except TimeoutError:
-                        pass
-                    continue
-                await self._make_chunks(due)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("the scheduler stopped")
-            raise
+            await work()
+        except Exception as exc:
+            log.exception("the %s failed", name)
+            await self._fail(f"the {name} failed: {type(exc).__name__}: {exc}")
+
+    async def _fail(self, reason: str) -> None:
+        """The engine can no longer serve: record why (`failure`), then fail every session (`engine_failed`)."""
+        self._failure = self._failure or reason
+        message = f"the engine failed and closed every session ({reason}); see the server log"
+        for session in list(self.sessions.values()):
+            await session.fail("engine_failed", message)
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            due = self._due_sessions(time.monotonic())
+            if not due:
+                try:
+                    async with asyncio.timeout(TICK):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+                continue
+            await self._make_chunks(due)
 
     def _due_sessions(self, now: float) -> list[Session]:
         """The sessions the next batch makes a chunk for: none unless one is due (within its lead); then every
@@ -298,10 +312,16 @@ class Engine:
 
     async def _announce(self) -> None:
         """Every tick, each session sends the playback events whose media has begun to play (batches in flight
-        do not delay them)."""
+        do not delay them). A session whose announcement fails is logged and fails alone (`session_failed`)."""
         while True:
             for session in list(self.sessions.values()):
-                session.announce_playback()
+                try:
+                    session.announce_playback()
+                except Exception:
+                    log.exception("session %s: announcing its playback failed", session.id)
+                    await session.fail(
+                        "session_failed", "the engine failed on this session (see its log); open a new one"
+                    )
             await asyncio.sleep(TICK)
 
     async def _make_chunks(self, due: list[Session]) -> None:
@@ -327,7 +347,7 @@ class Engine:
         for session, epoch, timing in zip(due, epochs, timings, strict=True):
             session.record_timing(timing, epoch)
             self.metrics.chunk_log.append((session.id, timing))
-        self.metrics.batch_spans.observe(timings[0].spans())
+        self.metrics.batch_timings.append(timings[0])  # every chunk of a batch shares its timing
 
     async def _in_compute(self, method: str, *args: object) -> object:
         """Run `ChunkMaker.<method>` in the compute process."""
@@ -336,5 +356,7 @@ class Engine:
         return await self._compute.call(method, *args)
 
     def _check_started(self) -> None:
+        if self._failure is not None:
+            raise EngineFailed(f"the engine stopped serving: {self._failure}")
         if self._compute is None:
             raise RuntimeError("the engine is not started: use `async with Engine(...)` or `await engine.start()`")

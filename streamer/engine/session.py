@@ -19,6 +19,7 @@ from sonate.streamer.engine.speech import SpeechTrack
 from sonate.streamer.engine.timing import ChunkTiming, FirstAudio, first_audio
 from sonate.streamer.media.chunk import AVChunk
 from sonate.streamer.media.playout import TICK, Playout
+from sonate.streamer.protocol import error_event
 
 if TYPE_CHECKING:
     from sonate.streamer.engine.engine import Engine
@@ -50,6 +51,7 @@ class Session:
         self.epoch = 0  # bumped by each interruption; chunks made for an older epoch are dropped
         self.viewers = 0
         self.closed = False
+        self.close_reason: str | None = None  # why it closed (`closed`, `deleted`, `engine_failed`, …); None while open
         self.last_text_at = -math.inf  # monotonic time of the last text piece
         self.references: tuple[str, Any, Any] = ("", None, None)  # instruction, voice, avatar as opened
         self._subscribers: list[asyncio.Queue[Any]] = []
@@ -119,8 +121,9 @@ class Session:
             self.remove_viewer()
 
     def events(self) -> AsyncIterator[dict]:
-        """Playback events (`speech.started`, `speech.done`, `input.interrupted`) from this call on, until the
-        session closes. The subscription starts when this is called, not when iteration begins."""
+        """Playback events (`speech.started`, `speech.done`, `input.interrupted`, and `error` when serving the
+        session failed) from this call on, until the session closes. The subscription starts when this is
+        called, not when iteration begins."""
         queue: asyncio.Queue[dict | None] = asyncio.Queue()
         self._event_queues.append(queue)
         return self._drain_events(queue)
@@ -140,9 +143,18 @@ class Session:
     def remove_viewer(self) -> None:
         self.viewers = max(0, self.viewers - 1)
 
-    async def close(self) -> None:
-        """End the session and free its slot; safe to call twice."""
-        await self.engine.close_session(self)
+    async def close(self, reason: str = "closed") -> None:
+        """End the session and free its slot, saying why (`close_reason`); safe to call twice."""
+        await self.engine.close_session(self, reason)
+
+    async def fail(self, code: str, message: str) -> None:
+        """End the session because serving it failed: its event listeners get an `error` event with `code` and
+        `message`, then it closes with `code` as its close reason. Does nothing once it is closed."""
+        if self.closed:
+            return
+        log.error("session %s fails (%s): %s", self.id, code, message)
+        self._emit(error_event(code, message))
+        await self.close(code)
 
     def _rewind(self, media_s: float | None = None) -> float:
         """Drop the buffered media from `media_s` on (default: every chunk after the one playing) and roll the
@@ -294,9 +306,10 @@ class Session:
             for key in [k for k in per_utterance if k not in live]:
                 del per_utterance[key]
 
-    def finish(self) -> None:
-        """End every iterator of the session (called by the engine when it closes it)."""
+    def finish(self, reason: str) -> None:
+        """End every iterator of the session, closed for `reason` (called by the engine when it closes it)."""
         self.closed = True
+        self.close_reason = reason
         for queue in (*self._subscribers, *self._event_queues):
             queue.put_nowait(None)
 

@@ -25,15 +25,20 @@ buffer).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from sonate.streamer.server.metrics import Histogram
+import itertools
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 COMPUTE_SPANS = ("euler", "clean", "video_decoder", "vocoder")
 BATCH_SPANS = ("to_compute", *COMPUTE_SPANS, "other", "from_compute", "deliver")  # in the order they happen
 FIRST_AUDIO_SPANS = ("text", "scheduler", "g2p", *BATCH_SPANS, "buffered")
 KEPT_BREAKDOWNS = 1000  # first-audio breakdowns the engine keeps, newest last
+KEPT_BATCHES = 1000  # batch timings the engine keeps, newest last
 KEPT_CHUNKS = 4096  # chunk timings the engine keeps, newest last
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -65,6 +70,11 @@ class ChunkTiming:
     compute: ComputeTiming
     received_at: float
     delivered_at: float
+
+    @property
+    def round_trip(self) -> float:
+        """Seconds from sending the batch to the compute process to receiving its reply."""
+        return self.received_at - self.sent_at
 
     def spans(self) -> dict[str, float]:
         """The `BATCH_SPANS` of this chunk's batch, in seconds."""
@@ -119,16 +129,28 @@ def first_audio(
     return FirstAudio(session_id, text_start, media_time, text_received_at, plays_at, spans)
 
 
-@dataclass
-class SpanHistograms:
-    """A histogram per span name (seconds), for /metrics."""
+class Recent(Generic[T]):
+    """The newest `keep` records of a stream, oldest first, and `total`: how many were ever recorded.
 
-    names: tuple[str, ...]
-    histograms: dict[str, Histogram] = field(init=False)
+    A reader that remembers `total` gets exactly the records added since from `since`, as long as fewer than
+    `keep` arrive between two reads (the server turns these into Prometheus histograms that way).
+    """
 
-    def __post_init__(self) -> None:
-        self.histograms = {name: Histogram() for name in self.names}
+    def __init__(self, keep: int) -> None:
+        self._items: deque[T] = deque(maxlen=keep)
+        self.total = 0
 
-    def observe(self, spans: dict[str, float]) -> None:
-        for name, seconds in spans.items():
-            self.histograms[name].observe(seconds)
+    def append(self, item: T) -> None:
+        self._items.append(item)
+        self.total += 1
+
+    def since(self, seen: int) -> list[T]:
+        """The records added after the first `seen` of all recorded (those of them still kept)."""
+        new = min(self.total - seen, len(self._items))
+        return list(itertools.islice(self._items, len(self._items) - new, None)) if new > 0 else []
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)

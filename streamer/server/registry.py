@@ -20,7 +20,7 @@ from sonate.models.errors import SonateInputError
 from sonate.streamer.engine.engine import Engine
 from sonate.streamer.engine.reference_media import default_avatar, default_voice
 from sonate.streamer.engine.session import Session
-from sonate.streamer.server.metrics import Histogram, RollingSync
+from sonate.streamer.server.metrics import LatencyHistograms
 from sonate.streamer.server.webrtc import WebRTCViewers
 
 log = logging.getLogger(__name__)
@@ -107,8 +107,7 @@ class Hosted:
     media_websockets: int = 0  # of those, the ones with media subscribed
     webrtc_viewers: int = 0
     idle_since: float | None = field(default_factory=time.monotonic)  # monotonic s; None while connected
-    close_reason: str = "closed"
-    watcher: asyncio.Task | None = None
+    watcher: asyncio.Task | None = None  # `Registry._watch` of this session
 
     @property
     def connected(self) -> bool:
@@ -117,18 +116,13 @@ class Hosted:
 
 @dataclass
 class RegistryStats:
-    """Running counts for /metrics."""
+    """Running counts and the latency histograms for /metrics."""
 
     opened: int = 0
     expired: int = 0
     rejected_full: int = 0  # session requests refused because every slot was taken
     media_dropped: int = 0  # websocket media messages dropped for slow clients (counted as each socket closes)
-    ttfa: Histogram = field(default_factory=Histogram)  # seconds from a text's first piece to its speech playing
-    compute: Histogram = field(default_factory=Histogram)  # seconds of compute per batch of chunks
-    compute_sync: RollingSync = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.compute_sync = RollingSync(self.compute)
+    latency: LatencyHistograms = field(default_factory=LatencyHistograms)
 
 
 class Registry:
@@ -177,7 +171,7 @@ class Registry:
         voice, avatar = self.voices.get(voice_id).data, self.avatars.get(avatar_id).data
         session = await self.engine.open_session(voice=voice, avatar=avatar, instruction=instruction, seed=seed)
         hosted = Hosted(session, voice_id, avatar_id)
-        hosted.watcher = asyncio.create_task(self._time_speech(session), name=f"sonate-ttfa-{session.id}")
+        hosted.watcher = asyncio.create_task(self._watch(hosted), name=f"sonate-watch-{session.id}")
         self.sessions[session.id] = hosted
         self.stats.opened += 1
         return hosted
@@ -193,9 +187,8 @@ class Registry:
         hosted = self.sessions.pop(session_id, None)
         if hosted is None:
             return False
-        hosted.close_reason = reason
         await self.viewers.close_session(session_id)
-        await hosted.session.close()  # ends its iterators: websockets see the end and close
+        await hosted.session.close(reason)  # ends its iterators: websockets see the end, say why and close
         if hosted.watcher is not None:
             hosted.watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -266,22 +259,36 @@ class Registry:
         return expired
 
     def sync_stats(self) -> None:
-        """Bring the compute histogram up to date with the engine's batches."""
-        metrics = self.engine.metrics
-        self.stats.compute_sync.sync(metrics.chunk_seconds, metrics.batches)
+        """Bring the latency histograms up to date with the timings the engine recorded."""
+        self.stats.latency.follow(self.engine.metrics)
 
     async def _reap(self) -> None:
         period = min(1.0, self.session_timeout_s / 4)  # seconds between checks
         while True:
             await asyncio.sleep(period)
-            self.sync_stats()
             try:
                 await self.expire_idle()
+                self.sync_stats()
             except Exception:
-                log.exception("expiring idle sessions failed")
+                log.exception("a pass of the session reaper failed (the next one comes in %.1f s)", period)
+
+    async def _watch(self, hosted: Hosted) -> None:
+        """Own one hosted session's watcher: time its speech until the session ends. A watcher that fails is
+        logged and fails its session (`session_failed`); a session that ended without the registry closing it
+        (the engine failed it) is then closed here too, so its viewers go and its id is forgotten."""
+        session = hosted.session
+        try:
+            if not session.closed:  # (checked in the same step that subscribes: it cannot close in between)
+                await self._time_speech(session)
+        except Exception:
+            log.exception("session %s: timing its speech failed", session.id)
+            await session.fail("session_failed", "the server failed on this session (see its log); open a new one")
+        if self.sessions.get(session.id) is hosted:
+            hosted.watcher = None  # (this very task: closing must not wait for it)
+            await self.close(session.id, session.close_reason or "closed")
 
     async def _time_speech(self, session: Session) -> None:
         """Observe each utterance's time to first audio (the `speech.started` events) until the session ends."""
         async for event in session.events():
             if event["type"] == "speech.started":
-                self.stats.ttfa.observe(event["ttfa_ms"] / 1000)
+                self.stats.latency.ttfa.observe(event["ttfa_ms"] / 1000)

@@ -6,7 +6,9 @@ the socket), the *event forwarder* (the session's playback events) and, while me
 of tick t goes out at `playout.start_time + t · TICK`, so what a client receives is what plays now (an
 interruption therefore never sends media that was dropped). Outgoing messages wait in an `Outbox`: control
 messages in order, media in a short bounded queue that drops its oldest message when the client reads too
-slowly — the engine never waits for a socket.
+slowly — the engine never waits for a socket. A task that fails (anything but its expected ending) is logged
+and ends this connection with close code 1011 (after an `internal_error` event, unless the sender is what
+failed), while the session and its other connections go on.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import contextlib
 import json
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from fractions import Fraction
 
 import av
@@ -51,7 +55,15 @@ MAX_MEDIA_LAG = 0.2  # seconds the pump may fall behind the playout clock before
 JPEG_QSCALE = 3  # mjpeg quantizer scale: 2 is the best quality, 31 the worst
 CLOSE_NORMAL = 1000
 CLOSE_TOO_SLOW = 1008  # policy violation: the client does not read its events
-_CLOSE = object()  # outbox marker: close the socket after what is queued before it
+CLOSE_INTERNAL_ERROR = 1011  # the server failed on this connection
+
+
+@dataclass(frozen=True)
+class Closing:
+    """Outbox marker: close the socket with `code` and `reason` after what is queued before it."""
+
+    code: int
+    reason: str
 
 
 class Outbox:
@@ -68,7 +80,7 @@ class Outbox:
         if len(self.control) >= CONTROL_QUEUE_MESSAGES:
             self.overflowed = True
             self.control.clear()
-            self.control.append(_CLOSE)
+            self.control.append(Closing(CLOSE_TOO_SLOW, "the client reads too slowly"))
         elif not self.overflowed:
             self.control.append(json.dumps(event))
         self._ready.set()
@@ -79,9 +91,9 @@ class Outbox:
         self.media.append(message)
         self._ready.set()
 
-    def close(self) -> None:
-        """Close the socket once every control message before this is sent."""
-        self.control.append(_CLOSE)
+    def close(self, code: int, reason: str) -> None:
+        """Close the socket with `code` and `reason` once every control message before this is sent."""
+        self.control.append(Closing(code, reason))
         self._ready.set()
 
     def clear_media(self) -> None:
@@ -131,7 +143,8 @@ class SocketConnection:
         log.info("session %s: websocket connected", sid)
         try:
             self._sender = asyncio.create_task(self._send_loop(), name=f"sonate-ws-send-{sid}")
-            self._forwarder = asyncio.create_task(self._forward_events(), name=f"sonate-ws-events-{sid}")
+            self._forwarder = asyncio.create_task(self._supervise("event forwarder", self._forward_events),
+                                                  name=f"sonate-ws-events-{sid}")  # fmt: skip
             await asyncio.sleep(0)  # let the forwarder subscribe to the session's events before any input
             self.outbox.put_event(self._ready_event())
             await self._receive_loop()
@@ -145,6 +158,17 @@ class SocketConnection:
             self.registry.disconnect(self.hosted)
             self.registry.stats.media_dropped += self.outbox.dropped
             log.info("session %s: websocket gone (%d media messages dropped)", sid, self.outbox.dropped)
+
+    async def _supervise(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run the connection's task `name` (the event forwarder, the media pump) until it ends or is cancelled;
+        one that fails is logged and ends the connection: an `internal_error` event, then close code 1011. The
+        receive loop then sees the close and `run` frees the rest."""
+        try:
+            await work()
+        except Exception:
+            log.exception("session %s: websocket %s failed: closing the connection", self.session.id, name)
+            self.outbox.put_event(error_event("internal_error", f"the server's websocket {name} failed; reconnect"))
+            self.outbox.close(CLOSE_INTERNAL_ERROR, "internal_error")
 
     # --- reading -----------------------------------------------------------------------------------------------
 
@@ -228,14 +252,13 @@ class SocketConnection:
     # --- writing -----------------------------------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
-        """The only writer of the socket; ends when it is closed either way."""
+        """The only writer of the socket; ends when it is closed either way. If it fails, nothing else can send:
+        it logs the failure and closes the socket at once with code 1011."""
         try:
             while True:
                 item = await self.outbox.get()
-                if item is _CLOSE:
-                    code = CLOSE_TOO_SLOW if self.outbox.overflowed else CLOSE_NORMAL
-                    reason = "the client reads too slowly" if self.outbox.overflowed else self.hosted.close_reason
-                    await self.websocket.close(code, reason)
+                if isinstance(item, Closing):
+                    await self.websocket.close(item.code, item.reason)
                     return
                 if isinstance(item, bytes):
                     await self.websocket.send_bytes(item)
@@ -243,15 +266,19 @@ class SocketConnection:
                     await self.websocket.send_text(item)  # type: ignore[arg-type]
         except (WebSocketDisconnect, RuntimeError, OSError) as exc:
             log.debug("session %s: websocket send ended: %r", self.session.id, exc)
+        except Exception:
+            log.exception("session %s: websocket sender failed: closing the connection", self.session.id)
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                await self.websocket.close(CLOSE_INTERNAL_ERROR, "internal_error")
 
     async def _forward_events(self) -> None:
         """Send the session's playback events; when the session closes, say why and close the socket."""
         if not self.session.closed:  # (checked in the same step that subscribes: it cannot close in between)
             async for event in self.session.events():
                 self.outbox.put_event(event)
-        self.outbox.put_event({"type": "session.closed", "session_id": self.session.id,
-                               "reason": self.hosted.close_reason})  # fmt: skip
-        self.outbox.close()
+        reason = self.session.close_reason or "closed"
+        self.outbox.put_event({"type": "session.closed", "session_id": self.session.id, "reason": reason})
+        self.outbox.close(CLOSE_NORMAL, reason)
 
     # --- media -------------------------------------------------------------------------------------------------
 
@@ -260,7 +287,8 @@ class SocketConnection:
             return
         self.session.add_viewer()
         self.hosted.media_websockets += 1
-        self._pump = asyncio.create_task(self._pump_media(), name=f"sonate-ws-media-{self.session.id}")
+        self._pump = asyncio.create_task(self._supervise("media pump", self._pump_media),
+                                         name=f"sonate-ws-media-{self.session.id}")  # fmt: skip
 
     async def _unsubscribe(self) -> None:
         if self._pump is None:
@@ -276,31 +304,28 @@ class SocketConnection:
     async def _pump_media(self) -> None:
         """Send each tick's audio (and each new frame) when the playout plays it."""
         playout = self.session.playout
-        try:
-            await playout.started.wait()
-            assert playout.start_time is not None
-            encoder = JpegEncoder(playout.width, playout.height, playout.fps)
-            loop = asyncio.get_running_loop()
-            tick = ViewerStart().first_tick(playout)
-            sent_frame = False
-            while True:
-                late = playout.clock() - (playout.start_time + tick * TICK)  # seconds behind the clock
-                if late < 0:
-                    await asyncio.sleep(-late)
-                elif late > MAX_MEDIA_LAG:
-                    skipped = int(late / TICK)
-                    log.debug("session %s: media pump %.0f ms late, skips %d ticks", self.session.id, late * 1e3,
-                              skipped)  # fmt: skip
-                    self.outbox.dropped += skipped
-                    tick += skipped
-                    continue
-                position = playout.media_at(tick).position
-                if position is not None:
-                    await self._send_tick(playout, tick, position, encoder, loop, not sent_frame)
-                    sent_frame = True
-                tick += 1
-        except Exception:
-            log.exception("session %s: media pump failed", self.session.id)
+        await playout.started.wait()
+        assert playout.start_time is not None
+        encoder = JpegEncoder(playout.width, playout.height, playout.fps)
+        loop = asyncio.get_running_loop()
+        tick = ViewerStart().first_tick(playout)
+        sent_frame = False
+        while True:
+            late = playout.clock() - (playout.start_time + tick * TICK)  # seconds behind the clock
+            if late < 0:
+                await asyncio.sleep(-late)
+            elif late > MAX_MEDIA_LAG:
+                skipped = int(late / TICK)
+                log.debug("session %s: media pump %.0f ms late, skips %d ticks", self.session.id, late * 1e3,
+                          skipped)  # fmt: skip
+                self.outbox.dropped += skipped
+                tick += skipped
+                continue
+            position = playout.media_at(tick).position
+            if position is not None:
+                await self._send_tick(playout, tick, position, encoder, loop, not sent_frame)
+                sent_frame = True
+            tick += 1
 
     async def _send_tick(
         self,

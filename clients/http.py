@@ -13,7 +13,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sonate.models.errors import SonateInputError
 
@@ -32,13 +32,15 @@ class SonateClientError(SonateInputError):
 
 @dataclass(frozen=True)
 class SessionInfo:
-    """A session as `POST /v1/sessions` describes it."""
+    """A session as `POST /v1/sessions` describes it; `ws_url` and `whep_url` carry its `token`, which lets
+    whoever holds it use and watch this session without an API key."""
 
     session_id: str
     ws_url: str
     whep_url: str
     voice_id: str
     avatar_id: str
+    token: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -54,15 +56,17 @@ class Response:
 
 
 class SonateClient:
-    """The server's HTTP API at `base_url` (e.g. `http://127.0.0.1:8000`). Every method raises
+    """The server's HTTP API at `base_url` (e.g. `http://127.0.0.1:8000`), with `api_key` (sent as
+    `Authorization: Bearer` to that server only) where the server asks for one. Every method raises
     SonateClientError with the server's error code and message when a request is refused."""
 
-    def __init__(self, base_url: str, timeout_s: float = HTTP_TIMEOUT_S) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = HTTP_TIMEOUT_S) -> None:
         parsed = urllib.parse.urlsplit(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise SonateClientError(f"the server URL must look like http://host:port, got {base_url!r}", code="bad_url")
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self._api_key = api_key
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     async def health(self) -> dict:
@@ -82,7 +86,9 @@ class SonateClient:
             if value is not None:
                 body[name] = value
         data = (await self.request("POST", "/v1/sessions", json.dumps(body).encode(), "application/json")).json()
-        return SessionInfo(data["session_id"], data["ws_url"], data["whep_url"], data["voice_id"], data["avatar_id"])
+        return SessionInfo(
+            data["session_id"], data["ws_url"], data["whep_url"], data["voice_id"], data["avatar_id"], data["token"]
+        )
 
     async def describe_session(self, session_id: str) -> dict:
         """`GET /v1/sessions/{id}`: connections, playback position, media seconds and underruns."""
@@ -111,6 +117,8 @@ class SonateClient:
         request = urllib.request.Request(url, data=body, method=method)
         if content_type is not None:
             request.add_header("Content-Type", content_type)
+        if self._api_key is not None and url.startswith(self.base_url + "/"):
+            request.add_header("Authorization", f"Bearer {self._api_key}")
         try:
             with self._opener.open(request, timeout=self.timeout_s) as answer:
                 headers = {name.lower(): value for name, value in answer.headers.items()}

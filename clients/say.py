@@ -2,7 +2,7 @@
 
 ```
 sonate say --server http://127.0.0.1:8000 "Hello there!" --out reply.mp4 [--voice me.wav] [--avatar me.png]
-           [--instruction "a calm voice"] [--words-per-second 30]
+           [--instruction "a calm voice"] [--words-per-second 30] [--api-key KEY]
 ```
 
 It uploads the references given, opens a session, connects the websocket and a WebRTC viewer, streams the text
@@ -48,8 +48,10 @@ async def say(
     avatar: Path | None = None,
     instruction: str = "",
     words_per_second: float | None = None,
+    api_key: str | None = None,
 ) -> SayResult:
-    """Speak `text` through the server at `server` and record the reply to `out` (an MP4)."""
+    """Speak `text` through the server at `server` (with `api_key`, where it asks for one) and record the reply
+    to `out` (an MP4)."""
     if not text.strip():
         raise SonateInputError("give a text to say")
     if words_per_second is not None and words_per_second <= 0:
@@ -64,7 +66,7 @@ async def say(
             except OSError as exc:
                 raise SonateInputError(f"cannot read the {name} file {path}: {exc.strerror or exc}") from None
 
-    client = SonateClient(server)
+    client = SonateClient(server, api_key=api_key)
     voice_id = await client.upload_voice(references["voice"]) if "voice" in references else None
     avatar_id = await client.upload_avatar(references["avatar"]) if "avatar" in references else None
     info = await client.create_session(voice_id=voice_id, avatar_id=avatar_id, instruction=instruction)

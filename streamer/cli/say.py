@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--words-per-second", type=float, help="send the text word by word at this rate (default: all at once)"
     )
+    p.add_argument("--api-key", help="the server's API key, where it asks for one (default: env SONATE_API_KEY)")
     p.set_defaults(run=run)
 
 
@@ -57,6 +59,7 @@ async def _say_args(args: argparse.Namespace) -> SayResult:
         avatar=args.avatar,
         instruction=args.instruction,
         words_per_second=args.words_per_second,
+        api_key=args.api_key or os.environ.get("SONATE_API_KEY"),
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sonate.streamer.server.auth import ApiKey
+
 
 @dataclass
 class ServerConfig:
@@ -16,6 +18,11 @@ class ServerConfig:
     retry_after_s: what a 503 tells a client to wait (s); ice_timeout_s: how long a WebRTC viewer has to
     connect (s); ws_max_message_bytes: the websocket frame limit (larger messages close the socket); demo_page:
     the HTML file served at `/` (None: a placeholder; `sonate serve` serves the browser demo of `sonate.clients`).
+
+    Access (docs/deploy.md): api_keys: the keys the control API takes as `Authorization: Bearer` (none: the API
+    is open and the server serves loopback only, unless insecure_no_auth); metrics_key: the Bearer `/metrics`
+    asks for (None: open); cors_origins: the origins whose pages may call the API (none: same origin only);
+    ssl_certfile and ssl_keyfile: PEM files that make the server speak HTTPS and WSS.
     """
 
     host: str = "127.0.0.1"
@@ -29,3 +36,9 @@ class ServerConfig:
     ice_timeout_s: float = 15.0
     ws_max_message_bytes: int = 1024 * 1024
     demo_page: Path | None = None
+    api_keys: tuple[ApiKey, ...] = ()
+    insecure_no_auth: bool = False
+    metrics_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None

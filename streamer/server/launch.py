@@ -3,7 +3,8 @@ background thread with its own event loop (the benchmarks and the tests).
 
 Both use uvloop and the websockets library's sans-I/O implementation (`websockets` is its deprecated legacy one)
 with `ServerConfig.ws_max_message_bytes` as the frame limit and no per-message compression (media is JPEG and
-PCM: compressing it costs CPU for nothing).
+PCM: compressing it costs CPU for nothing), TLS from `ServerConfig.ssl_certfile` and `ssl_keyfile` when set, and
+session tokens blanked from uvicorn's log lines.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fastapi import FastAPI
 
 from sonate.streamer.engine.engine import Engine
 from sonate.streamer.server.app import create_app
+from sonate.streamer.server.auth import check_exposure, redact_uvicorn_logs
 from sonate.streamer.server.config import ServerConfig
 
 GRACEFUL_SHUTDOWN_S = 5  # seconds open connections get to finish once the server is told to stop
@@ -31,6 +33,7 @@ POLL_S = 0.01  # seconds between looks at whether a background server has starte
 
 def uvicorn_settings(config: ServerConfig, log_level: str) -> dict:
     """uvicorn's settings (`uvicorn.Config`'s arguments besides the app) for a server made with `config`."""
+    tls = {"ssl_certfile": config.ssl_certfile, "ssl_keyfile": config.ssl_keyfile} if config.ssl_certfile else {}
     return {
         "host": config.host,
         "port": config.port,
@@ -40,18 +43,22 @@ def uvicorn_settings(config: ServerConfig, log_level: str) -> dict:
         "ws_per_message_deflate": False,
         "log_level": log_level,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+        **tls,
     }
 
 
 def serve(engine: Engine, config: ServerConfig, log_level: str = "info") -> None:
-    """Serve `engine` on `config.host`:`config.port` in this thread until interrupted (Ctrl-C or SIGTERM)."""
+    """Serve `engine` on `config.host`:`config.port` in this thread until interrupted (Ctrl-C or SIGTERM);
+    SonateInputError, before anything starts, for an address off loopback without API keys (`check_exposure`)."""
+    check_exposure(config)
+    redact_uvicorn_logs()  # (uvicorn's logging configuration keeps the filters of its loggers)
     uvicorn.run(create_app(engine, config), **uvicorn_settings(config, log_level))
 
 
 @dataclass
 class BackgroundServer:
-    """A server running on a thread of this process: its base URL (`http://127.0.0.1:PORT`), its app and the
-    event loop it runs in (give it coroutines with `asyncio.run_coroutine_threadsafe`)."""
+    """A server running on a thread of this process: its base URL (`http://127.0.0.1:PORT`, https with TLS), its
+    app and the event loop it runs in (give it coroutines with `asyncio.run_coroutine_threadsafe`)."""
 
     url: str
     app: FastAPI
@@ -67,6 +74,7 @@ def serve_in_background(
     `STOP_TIMEOUT_S`."""
     config = config or ServerConfig()
     app = create_app(engine, config)
+    redact_uvicorn_logs()
     server = uvicorn.Server(uvicorn.Config(app, **uvicorn_settings(config, log_level)))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
@@ -86,7 +94,8 @@ def serve_in_background(
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the server did not start; see the log above")
             time.sleep(POLL_S)
-        yield BackgroundServer(f"http://127.0.0.1:{port}", app, loops[0])
+        scheme = "https" if config.ssl_certfile else "http"
+        yield BackgroundServer(f"{scheme}://127.0.0.1:{port}", app, loops[0])
     finally:
         server.should_exit = True
         thread.join(STOP_TIMEOUT_S)

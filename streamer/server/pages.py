@@ -1,4 +1,5 @@
-"""The routes that describe the server: the demo page, `/healthz` and `/metrics`."""
+"""The routes that describe the server: the demo page, `/healthz` and `/metrics` (open, but for `/metrics` once
+a metrics key is configured)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 from prometheus_client.exposition import choose_encoder
 
+from sonate.streamer.server.auth import MetricsAccess
 from sonate.streamer.server.dependencies import AppConfig, AppEngine, AppMetrics, AppRegistry
 from sonate.streamer.server.errors import ApiError
 
@@ -46,8 +48,9 @@ async def health(engine: AppEngine, registry: AppRegistry) -> dict:
     }
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[MetricsAccess])
 async def metrics(request: Request, collectors: AppMetrics) -> Response:
-    """Every figure for Prometheus, in the text format the scraper asks for (Prometheus text by default)."""
+    """Every figure for Prometheus, in the text format the scraper asks for (Prometheus text by default); 401
+    without the metrics key as Bearer, when `ServerConfig.metrics_key` is set."""
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))
     return Response(encoder(collectors), media_type=content_type)

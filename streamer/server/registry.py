@@ -20,6 +20,7 @@ from sonate.models.errors import SonateInputError
 from sonate.streamer.engine.engine import Engine
 from sonate.streamer.engine.reference_media import default_avatar, default_voice
 from sonate.streamer.engine.session import Session
+from sonate.streamer.server.auth import new_token
 from sonate.streamer.server.metrics import LatencyHistograms
 from sonate.streamer.server.webrtc import WebRTCViewers
 
@@ -57,6 +58,7 @@ class Reference:
     data: np.ndarray | None
     info: dict
     created_at: float = field(default_factory=time.time)  # Unix seconds
+    owner: str | None = None  # the id of the API key that uploaded it
 
 
 class Library:
@@ -67,10 +69,10 @@ class Library:
         self.limit = limit
         self.items: dict[str, Reference] = {DEFAULT_ID: Reference(DEFAULT_ID, None, {**default_info, "builtin": True})}
 
-    def add(self, data: np.ndarray, info: dict) -> Reference:
+    def add(self, data: np.ndarray, info: dict, owner: str | None = None) -> Reference:
         if len(self.items) - 1 >= self.limit:
             raise StorageFull(f"{self.limit} {self.kind}s are stored already; delete one first")
-        reference = Reference(uuid.uuid4().hex[:16], data, {**info, "builtin": False})
+        reference = Reference(uuid.uuid4().hex[:16], data, {**info, "builtin": False}, owner=owner)
         self.items[reference.id] = reference
         return reference
 
@@ -88,6 +90,10 @@ class Library:
             raise SonateInputError(f"the built-in {self.kind} cannot be deleted")
         if self.items.pop(reference_id, None) is None:
             raise NotFound(f"{self.kind}_not_found", f"no {self.kind} {reference_id!r}")
+
+    def owned_by(self, owner: str) -> int:
+        """How many of the uploads the API key `owner` (its id) made."""
+        return sum(r.owner == owner for r in self.items.values())
 
     def describe(self) -> list[dict]:
         return [
@@ -108,6 +114,8 @@ class Hosted:
     webrtc_viewers: int = 0
     idle_since: float | None = field(default_factory=time.monotonic)  # monotonic s; None while connected
     watcher: asyncio.Task | None = None  # `Registry._watch` of this session
+    token: str = field(default_factory=new_token, repr=False)  # lets a client reach this session (see `auth`)
+    owner: str | None = None  # the id of the API key that opened it
 
     @property
     def connected(self) -> bool:
@@ -166,15 +174,22 @@ class Registry:
 
     # --- sessions ----------------------------------------------------------------------------------------------
 
-    async def open(self, voice_id: str, avatar_id: str, instruction: str, seed: int | None) -> Hosted:
-        """Open a session with stored references; EngineFull, UnknownReference or SonateInputError if it cannot."""
+    async def open(
+        self, voice_id: str, avatar_id: str, instruction: str, seed: int | None, owner: str | None = None
+    ) -> Hosted:
+        """Open a session with stored references for the API key `owner` (its id); EngineFull, UnknownReference
+        or SonateInputError if it cannot."""
         voice, avatar = self.voices.get(voice_id).data, self.avatars.get(avatar_id).data
         session = await self.engine.open_session(voice=voice, avatar=avatar, instruction=instruction, seed=seed)
-        hosted = Hosted(session, voice_id, avatar_id)
+        hosted = Hosted(session, voice_id, avatar_id, owner=owner)
         hosted.watcher = asyncio.create_task(self._watch(hosted), name=f"sonate-watch-{session.id}")
         self.sessions[session.id] = hosted
         self.stats.opened += 1
         return hosted
+
+    def owned_by(self, owner: str) -> int:
+        """How many open sessions the API key `owner` (its id) opened."""
+        return sum(h.owner == owner for h in self.sessions.values())
 
     def get(self, session_id: str) -> Hosted:
         hosted = self.sessions.get(session_id)

@@ -9,12 +9,13 @@ import logging
 
 import av
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from sonate.models.errors import SonateInputError
 from sonate.models.media_io import load_audio, load_image
 from sonate.streamer.media.playout import TICK
+from sonate.streamer.server.auth import CallerKey, check_limit, require_key
 from sonate.streamer.server.dependencies import AppConfig, AppEngine, AppRegistry, read_body
 from sonate.streamer.server.errors import ApiError
 from sonate.streamer.server.registry import Library, NotFound, StorageFull
@@ -23,12 +24,16 @@ log = logging.getLogger(__name__)
 
 MAX_IMAGE_PIXELS = 40_000_000  # larger pictures are refused before they are decoded
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(require_key)])  # every route takes an API key (on a server with keys)
 
 
 @router.post("/v1/voices", status_code=201)
-async def upload_voice(request: Request, engine: AppEngine, registry: AppRegistry, config: AppConfig) -> JSONResponse:
-    """Store a voice clip (any audio PyAV decodes) of `min_voice_seconds` to `max_voice_seconds`; 201 with its id."""
+async def upload_voice(
+    request: Request, engine: AppEngine, registry: AppRegistry, config: AppConfig, key: CallerKey
+) -> JSONResponse:
+    """Store a voice clip (any audio PyAV decodes) of `min_voice_seconds` to `max_voice_seconds`; 201 with its id;
+    429 when the API key has stored as many voices as it may."""
+    owner = check_limit(key, "voices", registry.voices.owned_by, config.retry_after_s)
     sample_rate = engine.cfg.sample_rate
     body = await read_body(request, config.max_body_bytes)
     longest = config.max_voice_seconds + TICK  # decode a little past the limit to tell "too long"
@@ -44,7 +49,7 @@ async def upload_voice(request: Request, engine: AppEngine, registry: AppRegistr
         what = "too short" if seconds < config.min_voice_seconds else "too long"
         raise ApiError(422, "invalid_audio", f"the clip is {what} ({seconds:.2f} s); send {limits} of speech")
     try:
-        reference = registry.voices.add(voice, {"seconds": round(seconds, 3), "sample_rate": sample_rate})
+        reference = registry.voices.add(voice, {"seconds": round(seconds, 3), "sample_rate": sample_rate}, owner)
     except StorageFull as exc:
         raise ApiError(507, "storage_full", str(exc)) from None
     log.info("voice %s stored (%.2f s)", reference.id, seconds)
@@ -52,8 +57,12 @@ async def upload_voice(request: Request, engine: AppEngine, registry: AppRegistr
 
 
 @router.post("/v1/avatars", status_code=201)
-async def upload_avatar(request: Request, engine: AppEngine, registry: AppRegistry, config: AppConfig) -> JSONResponse:
-    """Store an avatar picture (any image PyAV decodes), resized to the model's square; 201 with its id."""
+async def upload_avatar(
+    request: Request, engine: AppEngine, registry: AppRegistry, config: AppConfig, key: CallerKey
+) -> JSONResponse:
+    """Store an avatar picture (any image PyAV decodes), resized to the model's square; 201 with its id; 429 when
+    the API key has stored as many avatars as it may."""
+    owner = check_limit(key, "avatars", registry.avatars.owned_by, config.retry_after_s)
     body = await read_body(request, config.max_body_bytes)
     size = engine.cfg.avatar_image_size
     try:
@@ -61,7 +70,7 @@ async def upload_avatar(request: Request, engine: AppEngine, registry: AppRegist
     except SonateInputError as exc:
         raise ApiError(422, "invalid_image", str(exc)) from None
     try:
-        reference = registry.avatars.add(avatar, {"width": size, "height": size})
+        reference = registry.avatars.add(avatar, {"width": size, "height": size}, owner)
     except StorageFull as exc:
         raise ApiError(507, "storage_full", str(exc)) from None
     log.info("avatar %s stored", reference.id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from av import AudioFrame, VideoFrame
 from sonate.models.errors import SonateInputError
 from sonate.streamer.media.playout import TICK, Playout
 from sonate.streamer.media.resample import AUDIO_FRAME_SAMPLES, AUDIO_RATE, StreamingResampler
+from sonate.streamer.server.sdpfrag import IceFragment
 
 logger = logging.getLogger(__name__)
 
@@ -128,13 +130,23 @@ class PlayoutVideoTrack(_PlayoutTrack):
         return frame
 
 
+@dataclass(frozen=True)
+class IceSession:
+    """A viewer's ICE session: its entity tag (a random strong ETag, quoted) and the viewer's ICE credentials."""
+
+    etag: str
+    ufrag: str
+    pwd: str
+
+
 @dataclass
 class _Viewer:
-    """One viewer: its peer connection and the task that owns it."""
+    """One viewer: its peer connection, its ICE session and the task that owns it."""
 
     viewer_id: str
     session_id: str
     pc: RTCPeerConnection
+    ice: IceSession
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # set on every connection state change
     stop_requested: bool = False
     task: asyncio.Task[None] | None = None
@@ -170,7 +182,8 @@ class WebRTCViewers:
         Raises SonateInputError for an offer that is not SDP, offers no audio or video to receive, or
         that aiortc cannot accept (no common codec, missing ICE or DTLS parameters).
         """
-        kinds = _receivable_kinds(offer_sdp)
+        description = _parse_offer(offer_sdp)
+        kinds = _receivable_kinds(description)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self.ice_servers)))
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
@@ -192,13 +205,35 @@ class WebRTCViewers:
             await pc.close()
             raise
 
-        viewer = _Viewer(uuid.uuid4().hex, session_id, pc)
+        remote = description.media[0].ice  # setRemoteDescription checked it has both credentials
+        ice = IceSession(f'"{secrets.token_urlsafe(12)}"', remote.usernameFragment, remote.password)
+        viewer = _Viewer(uuid.uuid4().hex, session_id, pc, ice)
         pc.on("connectionstatechange", viewer.changed.set)
         self._viewers[viewer.viewer_id] = viewer
         viewer.task = asyncio.create_task(self._run(viewer), name=f"webrtc viewer {viewer.viewer_id}")
         logger.info("session %s: viewer %s answered (%s)", session_id, viewer.viewer_id, ", ".join(sorted(kinds)))
         self._notify(session_id)
         return pc.localDescription.sdp, viewer.viewer_id
+
+    def ice_session(self, session_id: str, viewer_id: str) -> IceSession | None:
+        """The ICE session of a viewer of this session; None if there is no such viewer."""
+        viewer = self._viewers.get(viewer_id)
+        return viewer.ice if viewer is not None and viewer.session_id == session_id else None
+
+    async def add_candidates(self, viewer_id: str, fragment: IceFragment) -> bool:
+        """Hand a viewer's trickled candidates (and its end-of-candidates) to its connection; False if the id is
+        unknown. SonateInputError for a candidate of a mid the connection does not have."""
+        viewer = self._viewers.get(viewer_id)
+        if viewer is None:
+            return False
+        unknown = {c.sdpMid for c in fragment.candidates} - {t.mid for t in viewer.pc.getTransceivers()}
+        if unknown:
+            raise SonateInputError(f"the fragment has candidates for mids {sorted(unknown)} the offer did not have")
+        for candidate in fragment.candidates:
+            await viewer.pc.addIceCandidate(candidate)
+        if fragment.end_of_candidates:
+            await viewer.pc.addIceCandidate(None)
+        return True
 
     async def close(self, viewer_id: str) -> bool:
         """Close one viewer and wait until its connection is closed; False if the id is unknown."""
@@ -264,12 +299,16 @@ class WebRTCViewers:
             logger.exception("session %s: on_viewers_changed failed", session_id)
 
 
-def _receivable_kinds(offer_sdp: str) -> set[str]:
-    """The media kinds ("audio", "video") an SDP offer asks to receive; SonateInputError if none or not SDP."""
+def _parse_offer(offer_sdp: str) -> SessionDescription:
+    """The parsed SDP offer; SonateInputError if it is not SDP."""
     try:
-        description = SessionDescription.parse(offer_sdp)
+        return SessionDescription.parse(offer_sdp)
     except Exception as exc:  # the parser raises whatever its malformed input trips
         raise SonateInputError(f"the WebRTC offer is not valid SDP: {exc or type(exc).__name__}") from exc
+
+
+def _receivable_kinds(description: SessionDescription) -> set[str]:
+    """The media kinds ("audio", "video") an SDP offer asks to receive; SonateInputError if none."""
     kinds = {
         media.kind
         for media in description.media

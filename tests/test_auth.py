@@ -335,35 +335,20 @@ async def test_cors_lets_the_configured_origins_in_and_no_others() -> None:
 
 @pytest.mark.slow
 def test_the_demo_page_takes_a_key_and_watches_with_the_sessions_token(tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
+    from tests.test_browser import TIMEOUT_MS, demo_page, wait_until
 
-    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, wait_until
-
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium)")
-    page_errors: list[str] = []
-    with running_server(api_keys=(ApiKey(KEY),)) as served, sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            page = browser.new_page()
-            page.on("pageerror", lambda error: page_errors.append(str(error)))
-            page.goto(served.url)
-            page.wait_for_selector("#errors .error code:text('unauthorized')")  # no key yet: the lists are refused
-            refusals = page.locator("#errors .error").count()
-            page.fill("#api-key", KEY)
-            page.dispatch_event("#api-key", "change")
-            page.wait_for_function("document.querySelector('#voice').options.length > 0")
-            assert page.evaluate("sessionStorage.getItem('sonate-api-key')") == KEY
-            page.click("#start")
-            page.wait_for_function("window.pc && window.pc.connectionState === 'connected'", timeout=TIMEOUT_MS)
-            hosted = next(iter(served.registry.sessions.values()))
-            assert hosted.webrtc_viewers == 1 and hosted.websockets == 1
-            page.wait_for_function("window.sonate.state.polls > 4", timeout=TIMEOUT_MS)  # describe, by its token
-            assert page.locator("#errors .error").count() == refusals
-            page.click("#leave")
-            wait_until(lambda: not served.registry.sessions, what="the session to close")
-        finally:
-            browser.close()
-    assert not page_errors, page_errors
+    with running_server(api_keys=(ApiKey(KEY),)) as served, demo_page(served, tmp_path / "profile") as page:
+        page.wait_for_selector("#errors .error code:text('unauthorized')")  # no key yet: the lists are refused
+        refusals = page.locator("#errors .error").count()
+        page.fill("#api-key", KEY)
+        page.dispatch_event("#api-key", "change")
+        page.wait_for_function("document.querySelector('#voice').options.length > 0")
+        assert page.evaluate("sessionStorage.getItem('sonate-api-key')") == KEY
+        page.click("#start")
+        page.wait_for_function("window.pc && window.pc.connectionState === 'connected'", timeout=TIMEOUT_MS)
+        hosted = next(iter(served.registry.sessions.values()))
+        assert hosted.webrtc_viewers == 1 and hosted.websockets == 1
+        page.wait_for_function("window.sonate.state.polls > 4", timeout=TIMEOUT_MS)  # describe, by its token
+        assert page.locator("#errors .error").count() == refusals
+        page.click("#leave")
+        wait_until(lambda: not served.registry.sessions, what="the session to close")

@@ -475,7 +475,7 @@ def test_the_latency_histograms_observe_each_batch_the_engine_recorded_once() ->
         collectors.register(histogram)
     for batches in (3, 0, 1):  # follow after three batches, after none, after one more
         for _ in range(batches):
-            metrics.batch_timings.append(timing)
+            metrics.observe_batch(timing, media_seconds=0.32)
         histograms.follow(metrics)
     assert collectors.get_sample_value("sonate_chunk_compute_seconds_count") == 4
     assert collectors.get_sample_value("sonate_chunk_compute_seconds_sum") == pytest.approx(4 * 0.1)

@@ -201,7 +201,7 @@ def _measure_engine(engine: Engine, clients: Future[tuple[list[SessionRun], floa
         "wall_seconds": wall,
         "compute_seconds": metrics.compute_seconds - before[0],
         "engine_media_seconds": metrics.media_seconds - before[1],
-        "batch_ms": [s * 1e3 for s in metrics.chunk_seconds[-batches:]] if batches else [],
+        "batch_ms": [s * 1e3 for s in metrics.batch_seconds(batches)],
         "engine_underruns": engine.underruns - before[3],
         "server_cpu_seconds": _cpu_seconds() - before[4],
         "compute_cpu_seconds": _cpu_seconds(engine.compute_pid) - before[5],

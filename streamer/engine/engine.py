@@ -76,22 +76,30 @@ class EngineMetrics:
     """Running figures for /metrics and benchmarks (seconds unless named otherwise)."""
 
     chunks: int = 0
-    batches: int = 0
     compute_seconds: float = 0.0
     media_seconds: float = 0.0
-    chunk_seconds: list[float] = field(default_factory=list)  # compute time per batch, last 1000
     ttfa_seconds: list[float] = field(default_factory=list)  # text → first speech played, last 1000
     closed_underruns: int = 0
     batch_timings: Recent[ChunkTiming] = field(default_factory=lambda: Recent(KEPT_BATCHES))  # one per batch
     first_audio: Recent[FirstAudio] = field(default_factory=lambda: Recent(KEPT_BREAKDOWNS))  # time to first audio
     chunk_log: deque[tuple[str, ChunkTiming]] = field(default_factory=lambda: deque(maxlen=KEPT_CHUNKS))
 
-    def observe_batch(self, seconds: float, chunks: int, media_seconds: float) -> None:
-        self.batches += 1
-        self.chunks += chunks
-        self.compute_seconds += seconds
+    def observe_batch(self, timing: ChunkTiming, media_seconds: float) -> None:
+        """A batch of `timing.batch_size` chunks making `media_seconds` of media; its compute time is the round
+        trip to the compute process."""
+        self.chunks += timing.batch_size
+        self.compute_seconds += timing.round_trip
         self.media_seconds += media_seconds
-        self.chunk_seconds = [*self.chunk_seconds[-999:], seconds]
+        self.batch_timings.append(timing)
+
+    @property
+    def batches(self) -> int:
+        """Batches computed so far."""
+        return self.batch_timings.total
+
+    def batch_seconds(self, last: int) -> list[float]:
+        """The compute time (s, round trip) of each of the last `last` batches still kept, oldest first."""
+        return [timing.round_trip for timing in self.batch_timings.since(self.batch_timings.total - last)]
 
     def observe_ttfa(self, seconds: float) -> None:
         self.ttfa_seconds = [*self.ttfa_seconds[-999:], seconds]
@@ -247,7 +255,7 @@ class Engine:
         """Seconds within which a batch the scheduler starts now surely completes: the longest of the last 50
         batches, compute process round trip included (a whole chunk's duration until a few batches were timed).
         The scheduler never decides while a batch is in flight, so a chunk it makes due now is ready within it."""
-        recent = self.metrics.chunk_seconds[-50:]
+        recent = self.metrics.batch_seconds(50)
         if len(recent) < 5:
             return self.cfg.chunk_seconds
         return max(recent)
@@ -339,7 +347,6 @@ class Engine:
         sent_at = time.monotonic()
         chunks, compute = await self._in_compute("make", requests, rollbacks)
         received_at = time.monotonic()
-        self.metrics.observe_batch(received_at - sent_at, len(requests), len(requests) * cfg.chunk_seconds)
         for session, epoch, chunk in zip(due, epochs, chunks, strict=True):
             session.deliver(chunk, epoch)
         delivered_at = time.monotonic()
@@ -347,7 +354,7 @@ class Engine:
         for session, epoch, timing in zip(due, epochs, timings, strict=True):
             session.record_timing(timing, epoch)
             self.metrics.chunk_log.append((session.id, timing))
-        self.metrics.batch_timings.append(timings[0])  # every chunk of a batch shares its timing
+        self.metrics.observe_batch(timings[0], len(chunks) * cfg.chunk_seconds)  # its chunks share one timing
 
     async def _in_compute(self, method: str, *args: object) -> object:
         """Run `ChunkMaker.<method>` in the compute process."""

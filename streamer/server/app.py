@@ -1,11 +1,12 @@
 """The HTTP and websocket server: a thin FastAPI layer over the engine, on one port.
 
 `create_app` puts together what the routers serve — `pages` (the demo page, health, Prometheus metrics),
-`sessions` (sessions, their websocket, WebRTC viewers) and `uploads` (voices and avatars) — over one `Registry`
-of hosted sessions; they reach it, the engine and the config through `app.state` (see `dependencies`). Every
-error is JSON `{"error": {"code", "message"}}`; the API and the websocket protocol are documented in
-docs/protocol.md. `auth` guards the routes (API keys, session tokens, the metrics key) and `ServerConfig.cors_origins`
-lets pages of other origins call them (docs/deploy.md). `launch` runs it on uvicorn; `sonate serve` is the command.
+`sessions` (sessions and their websocket), `whep` (their WebRTC viewers) and `uploads` (voices and avatars) —
+over one `Registry` of hosted sessions; they reach it, the engine and the config through `app.state` (see
+`dependencies`). Every error is JSON `{"error": {"code", "message"}}`; the API and the websocket protocol are
+documented in docs/protocol.md. `auth` guards the routes (API keys, session tokens, the metrics key) and
+`ServerConfig.cors_origins` lets pages of other origins call them (docs/deploy.md). `launch` runs it on uvicorn;
+`sonate serve` is the command.
 """
 
 from __future__ import annotations
